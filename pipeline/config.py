@@ -1,0 +1,199 @@
+"""Typed parameters: a `params.yaml` section becomes a (possibly nested) dataclass.
+
+Each stage declares a dataclass whose fields carry `metadata={"help": ...}`. `load_section` reads its section of
+params.yaml, applies `key=value` overrides (dotted keys for nested fields), checks every value against the field's
+type and rejects unknown keys with the closest valid name. One way to configure everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A bad key or value in params.yaml or an override; the message names the key and what to do."""
+
+
+def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING):
+    """A dataclass field with help text (shown by `--help` and in the README)."""
+    kwargs: dict[str, Any] = {"metadata": {"help": help}}
+    if factory is not dataclasses.MISSING:
+        kwargs["default_factory"] = factory
+    elif isinstance(default, (list, dict, set)):
+        kwargs["default_factory"] = lambda d=default: type(d)(d)
+    else:
+        kwargs["default"] = default
+    return dataclasses.field(**kwargs)
+
+
+def read_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file {str(path)!r} not found; pass --params PATH or run from the repository root")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of stage sections")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` coerced to `tp` where lossless (int -> float), else raise ParamsError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in args:
+            try:
+                return _check(value, alt, key)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(f"{key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ParamsError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}: expected null")
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return build(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _check(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r} (quote it)")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ParamsError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def build(cls: type, values: Mapping[str, Any] | None, prefix: str = "") -> Any:
+    """Instantiate dataclass `cls` from a mapping, type-checking each value and rejecting unknown keys."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(fields), n=1)
+        hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+        raise ParamsError(f"unknown parameter {prefix + k!r}{hint}")
+    kwargs = {name: _check(v, hints[name], prefix + name) for name, v in values.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise ParamsError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=3` -> (["a", "b"], 3); the value is parsed as YAML (so `x=true`, `y=[1,2]`, `z=null` work)."""
+    if "=" not in text:
+        raise ParamsError(f"override {text!r} must look like key=value (e.g. probe.samples=8 or samples=8)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamsError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(section: dict, overrides: list[str], section_name: str = "") -> dict:
+    """Return a copy of `section` with overrides applied; a leading `<section_name>.` on a key is accepted."""
+    out = _deepcopy(section)
+    for text in overrides:
+        path, value = parse_override(text)
+        if section_name and path[0] == section_name and len(path) > 1:
+            path = path[1:]
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ParamsError(f"override {text!r}: {part!r} is not a mapping")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def load_section(cls: type, section: str, params_path: str | Path = "params.yaml", overrides: list[str] = ()) -> Any:
+    """Read `section` of params.yaml into dataclass `cls` with overrides applied and checked."""
+    data = read_params(params_path)
+    if section not in data:
+        raise ParamsError(f"{params_path}: no {section!r} section; add one (see README, 'Parameters')")
+    return build(cls, apply_overrides(data[section] or {}, list(overrides), section), prefix=section + ".")
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, nested fields flattened with dotted keys: the `--help` table."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
