@@ -91,6 +91,8 @@ def validate_item(row: Mapping[str, Any], where: str = "?") -> None:
 def items_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Arrow table of item rows, in the order given, with the HF features attached as schema metadata."""
     rows = list(rows)
+    if not rows:  # from_list cannot infer anything from zero rows; an empty table with the full schema is still valid
+        return ITEM_FEATURES.arrow_schema.empty_table()
     return datasets.Dataset.from_list(rows, features=ITEM_FEATURES).data.table
 
 

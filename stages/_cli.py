@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="type-checked parameter overrides")
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = parser.parse_intermixed_args(rest)  # overrides may come before or after flags
     try:
         params = load_section(module.Params, section, args.params, args.overrides)
     except ParamsError as exc:

@@ -1,0 +1,291 @@
+"""What every rollout protocol shares: limits, parsed actions, per-rollout state and the Protocol interface.
+
+A protocol is data (prompts, a Jinja chat template, a declarative `response_template` for
+`tokenizer.parse_response`) plus one small class. The probe loop, the GRPO trainer (TRL's native tool loop through
+`make_environment_class`) and the evaluator all use the same object, so a turn is rendered and judged the same
+way everywhere. Nothing here reads or writes files.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from pipeline.config import param
+from pipeline.schema import ACTIONS
+
+IMAGE_SEARCH, TEXT_SEARCH, ANSWER, INVALID = "image_search", "text_search", "answer", "invalid"
+SEARCH_KINDS = (IMAGE_SEARCH, TEXT_SEARCH)
+
+# Tools each probe/evaluation condition offers. `direct` / `on_demand` are the evaluator's names for the same thing.
+CONDITION_TOOLS: dict[str, tuple[str, ...]] = {
+    "closed_book": (),
+    "direct": (),
+    "tools": (IMAGE_SEARCH, TEXT_SEARCH),
+    "on_demand": (IMAGE_SEARCH, TEXT_SEARCH),
+    "image_only": (IMAGE_SEARCH,),
+    "text_only": (TEXT_SEARCH,),
+}
+
+VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen-VL image slot in rendered text
+
+
+@dataclass
+class Limits:
+    """Per-rollout limits (paper defaults). `max_turns` counts assistant turns, the answering turn included."""
+
+    max_turns: int = param(3, help="most assistant turns per rollout (the paper: 3)")
+    max_image_search: int = param(1, help="most image searches per rollout (the paper: 1)")
+    image_search_first_turn_only: bool = param(True, help="image search only in the first turn (the paper: true)")
+    max_text_search: int = param(2, help="most text searches per rollout (the paper: 2)")
+
+    def validate(self) -> None:
+        if self.max_turns < 1:
+            raise ValueError("max_turns must be >= 1")
+        if self.max_image_search < 0 or self.max_text_search < 0:
+            raise ValueError("search budgets must be >= 0")
+
+
+@dataclass
+class Action:
+    """One parsed assistant turn. `kind` is one of pipeline.schema.ACTIONS; `error` says why a turn is invalid."""
+
+    kind: str
+    query: str = ""
+    answer: str = ""
+    reason: str = ""
+    raw: str = ""
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTIONS:
+            raise ValueError(f"Action.kind {self.kind!r} is not one of {ACTIONS}")
+
+    @property
+    def is_search(self) -> bool:
+        return self.kind in SEARCH_KINDS
+
+
+@dataclass
+class RolloutState:
+    """Counters of one rollout. `turn` is the 1-based number of the assistant turn being judged."""
+
+    tools: tuple[str, ...] = (IMAGE_SEARCH, TEXT_SEARCH)
+    turn: int = 1
+    n_image_search: int = 0
+    n_text_search: int = 0
+    actions: list[str] = field(default_factory=list)
+
+    def record(self, action: Action, executed: bool) -> None:
+        """Account for `action` at the current turn and move to the next turn."""
+        self.actions.append(action.kind)
+        if executed and action.kind == IMAGE_SEARCH:
+            self.n_image_search += 1
+        elif executed and action.kind == TEXT_SEARCH:
+            self.n_text_search += 1
+        self.turn += 1
+
+
+def condition_tools(condition: str) -> tuple[str, ...]:
+    if condition not in CONDITION_TOOLS:
+        raise ValueError(f"unknown condition {condition!r}; use one of {sorted(CONDITION_TOOLS)}")
+    return CONDITION_TOOLS[condition]
+
+
+def image_bytes(image: Any) -> bytes | None:
+    """Raw bytes of an item image given as bytes, a datasets Image dict ({"bytes", "path"}) or a PIL image."""
+    if image is None:
+        return None
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, Mapping):
+        if image.get("bytes") is not None:
+            return bytes(image["bytes"])
+        if image.get("path"):
+            with open(image["path"], "rb") as f:
+                return f.read()
+        return None
+    if hasattr(image, "save"):  # PIL
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"unsupported image value of type {type(image).__name__}")
+
+
+def to_pil(image: Any):
+    """A PIL RGB image from bytes / datasets dict / PIL (what processors and TRL's VLM path need)."""
+    from PIL import Image
+
+    if hasattr(image, "save") and hasattr(image, "mode"):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    data = image_bytes(image)
+    if data is None:
+        raise ValueError("no image data")
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def blocks_with_pil(blocks: list[dict]) -> list[dict]:
+    """Copy of content blocks with every image payload turned into a PIL image (TRL's VLM path needs PIL)."""
+    out = []
+    for b in blocks:
+        if b.get("type") == "image" and b.get("image") is not None:
+            out.append({"type": "image", "image": to_pil(b["image"])})
+        else:
+            out.append(dict(b))
+    return out
+
+
+def messages_with_pil(messages: list[dict]) -> list[dict]:
+    """Copy of chat messages with every image payload (bytes / datasets dict) as PIL, for processors that load
+    images themselves (transformers `apply_chat_template`, TRL). String contents are kept."""
+    return [{**m, "content": blocks_with_pil(m["content"])} if isinstance(m.get("content"), list) else dict(m)
+            for m in messages]
+
+
+def text_of(content: Any) -> str:
+    """Plain text of message content (a string or content blocks); images are skipped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if isinstance(b, Mapping) and b.get("type", "text") == "text")
+
+
+class Protocol:
+    """Interface shared by all protocols; subclasses fill in the class attributes and the abstract methods.
+
+    Attributes: `name`; `chat_template` (Jinja, ChatML-style `<|im_start|>role ... <|im_end|>`); `response_template`
+    (transformers `parse_response` spec: turns a model turn into content + tool_calls); `tool_names` (action kind ->
+    tool function name as the model calls it); `stop_strings` (optional generation stops for engines that want the
+    paper's stop-at-the-action behaviour; None = stop at EOS only).
+    """
+
+    name: str = ""
+    chat_template: str = ""
+    response_template: dict = {}
+    tool_names: dict[str, str] = {}
+    stop_strings: list[str] | None = None
+    eos_text = "<|im_end|>"
+
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self.limits.validate()
+
+    # ----------------------------------------------------------------- state and limits
+    def new_state(self, condition: str = "tools") -> RolloutState:
+        return RolloutState(tools=condition_tools(condition))
+
+    def check_action(self, state: RolloutState, action: Action) -> str:
+        """"" when `action` may run at `state.turn`, else the refusal text (shown to the model as the tool result)."""
+        lim = self.limits
+        if action.kind == INVALID:
+            return f"Invalid turn: {action.error or 'no valid action found'}."
+        if action.kind == ANSWER:
+            return ""
+        label = "Image search" if action.kind == IMAGE_SEARCH else "Text search"
+        if action.kind not in state.tools:
+            return f"{label} is not available in this setting. Answer from what you know."
+        if state.turn >= lim.max_turns:
+            return f"{label} is not allowed: this was the last turn, so you must answer now."
+        if action.kind == IMAGE_SEARCH:
+            if lim.image_search_first_turn_only and state.turn != 1:
+                return "Image search is not allowed here: it is only available in the first turn."
+            if state.n_image_search >= lim.max_image_search:
+                return f"Image search is not allowed: the limit of {lim.max_image_search} image search(es) is used up."
+        if action.kind == TEXT_SEARCH:
+            if state.n_text_search >= lim.max_text_search:
+                return f"Text search is not allowed: the limit of {lim.max_text_search} text search(es) is used up."
+            if not action.query.strip():
+                return "Text search needs a non-empty query."
+        return ""
+
+    def sequence_ok(self, kinds: Iterable[str], condition: str = "tools") -> bool:
+        """True when a rollout's action kinds form a valid trajectory: searches allowed where they happen, and it
+        ends with exactly one answer (the last turn). The paper's format reward checks this."""
+        kinds = list(kinds)
+        if not kinds or kinds[-1] != ANSWER or len(kinds) > self.limits.max_turns:
+            return False
+        state = self.new_state(condition)
+        for k in kinds[:-1]:
+            if k not in SEARCH_KINDS or self.check_action(state, Action(k, query="q")):
+                return False
+            state.record(Action(k, query="q"), executed=True)
+        return True
+
+    # ----------------------------------------------------------------- rendering
+    def initial_messages(self, item: Mapping[str, Any], condition: str = "tools", with_image: bool = True,
+                         embed_image: bool = True) -> list[dict]:
+        raise NotImplementedError
+
+    def parse_turn(self, text: str) -> Action:
+        raise NotImplementedError
+
+    def tool_result_message(self, result: Any, question: str, turn: int, last_turn: bool,
+                            with_images: bool = True, condition: str = "tools") -> dict:
+        raise NotImplementedError
+
+    def assistant_message(self, text: str, action: Action | None = None) -> dict:
+        """The assistant turn as it goes back into the conversation: the raw text, so re-rendering reproduces
+        exactly what the model wrote (prefix caching and evidence fidelity)."""
+        return {"role": "assistant", "content": self.strip_eos(text)}
+
+    def strip_eos(self, text: str) -> str:
+        text = text.rstrip()
+        return text[: -len(self.eos_text)].rstrip() if text.endswith(self.eos_text) else text
+
+    def tools_for(self, condition: str = "tools") -> list[dict] | None:
+        """JSON tool schemas passed to `apply_chat_template(tools=...)` for a condition (None = no tools block)."""
+        return None
+
+    def tool_call_to_text(self, call: Mapping[str, Any]) -> str:
+        """The text the model wrote for one parsed tool call (inverse of the response template)."""
+        raise NotImplementedError
+
+    def turn_text(self, message: Mapping[str, Any]) -> str:
+        """The model's text of an assistant message, raw or parsed by `tokenizer.parse_response` (content + tool
+        calls rendered back), so `parse_turn` judges TRL completions and probe rollouts alike."""
+        text = text_of(message.get("content")).strip()
+        for call in message.get("tool_calls") or []:
+            text += self.tool_call_to_text(call)
+        return text
+
+    def actions_from_messages(self, messages: Iterable[Mapping[str, Any]]) -> list[Action]:
+        """One Action per assistant message in a (completion) message list."""
+        return [self.parse_turn(self.turn_text(m)) for m in messages if m.get("role") == "assistant"]
+
+    # ----------------------------------------------------------------- tokenizers and TRL
+    def prepare_tokenizer(self, tok: Any) -> Any:
+        """Set this protocol's chat template (and response template on the tokenizer) on a tokenizer or processor,
+        so transformers, vLLM's chat path (given the same tokenizer folder or template) and TRL render the same
+        text. Returns the same object."""
+        inner = getattr(tok, "tokenizer", None)
+        tok.chat_template = self.chat_template
+        target = inner if inner is not None else tok
+        target.chat_template = self.chat_template
+        target.response_template = dataclasses_copy(self.response_template)
+        return tok
+
+    def render(self, tok: Any, messages: list[dict], condition: str = "tools", add_generation_prompt: bool = True) -> str:
+        """The prompt text for `messages` under this protocol (the template is passed explicitly, so `tok` may
+        carry any template)."""
+        return tok.apply_chat_template(messages, tools=self.tools_for(condition), chat_template=self.chat_template,
+                                       add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def make_environment_class(self, tools: Any, limits: Limits | None = None, with_images: bool = True,
+                               condition: str = "tools") -> type:
+        raise NotImplementedError
+
+
+def dataclasses_copy(obj: Any) -> Any:
+    """Deep copy of a JSON-like dict (so a tokenizer never shares the protocol's template dict)."""
+    import copy
+
+    return copy.deepcopy(obj)
+
+
+__all__ = [
+    "ANSWER", "Action", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "Protocol", "RolloutState",
+    "SEARCH_KINDS", "TEXT_SEARCH", "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "image_bytes",
+    "messages_with_pil",
+    "text_of", "to_pil",
+]

@@ -1,0 +1,73 @@
+"""Try the search tools by hand: run one text or image search and print what the model would see.
+
+Reads:  the `search` params section; the local indexes (data/index/) or the web backends; the tool cache.
+Writes: the tool cache (data/cache/search/cache.sqlite) unless search.cache.mode=replay_only; with --export /
+        --import-parquet / --import-paper-cache it exports or imports the cache instead of searching.
+Output: the rendered result (`--protocol mmsearch_r1`: the text inside <information>..</information> with one image
+        placeholder per returned image; `--protocol tool_calls`: the chat-template tool message content as JSON,
+        images shown as their size), then the call's cache key and counters.
+Does not support: batch files of queries (use `SearchTools.run_many` from Python).
+"""
+from __future__ import annotations
+
+from pipeline.search.config import SearchParams as Params
+
+SECTION = "search"
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_mutually_exclusive_group(required=True)
+    g.add_argument("--query", help="text search query")
+    g.add_argument("--image", help="path of an image file to search with")
+    g.add_argument("--export", metavar="PARQUET", help="export the cache to a parquet file (datasets-loadable)")
+    g.add_argument("--import-parquet", metavar="PARQUET", help="import a cache exported with --export")
+    g.add_argument("--import-paper-cache", metavar="FILE",
+                   help="import the paper's released image-search cache (.pkl/.json dict keyed by data_id)")
+    parser.add_argument("--protocol", choices=("mmsearch_r1", "tool_calls"), default="mmsearch_r1")
+    parser.add_argument("--k", type=int, default=None, help="number of results (default: k_text / k_image)")
+    parser.add_argument("--data-id", default="", help="item data_id (image_backend=paper_replay)")
+    parser.add_argument("--image-url", default="", help="public URL of the image (image_backend=serpapi)")
+
+
+def run(params: Params, args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from pipeline.search import ReplayMiss, SearchTools
+    from pipeline.search.render import information_blocks, information_text
+
+    tools = SearchTools.from_params(params, Path("."))
+    if args.export:
+        n = tools.cache.export_parquet(args.export)
+        print(f"exported {n} cached results to {args.export}")
+        return 0
+    if args.import_parquet:
+        print(json.dumps(tools.cache.import_parquet(args.import_parquet)))
+        return 0
+    if args.import_paper_cache:
+        print(json.dumps(tools.cache.import_paper_cache(args.import_paper_cache, k=params.k_image)))
+        return 0
+    context = {k: v for k, v in (("data_id", args.data_id), ("image_url", args.image_url)) if v}
+    try:
+        if args.query is not None:
+            result = tools.text_search(args.query, args.k, context=context)
+        else:
+            path = Path(args.image)
+            if not path.is_file():
+                print(f"error: image file {path} not found", file=sys.stderr)
+                return 2
+            result = tools.image_search(path.read_bytes(), args.k, context=context)
+    except ReplayMiss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    if args.protocol == "mmsearch_r1":
+        print(f"<information>{information_text(result)}</information>")
+    else:
+        blocks = information_blocks(result, with_images=True)
+        shown = [b if b["type"] == "text" else {"type": "image", "image": f"<{len(b['image'])} bytes>"} for b in blocks]
+        print(json.dumps({"role": "tool", "name": result.tool, "content": shown}, indent=2, ensure_ascii=False))
+    print(f"\n# key={result.cache_key} from_cache={result.from_cache} backend={result.backend}"
+          + (f" error={result.error!r}" if result.error else ""), file=sys.stderr)
+    print("# " + json.dumps({k: v for k, v in tools.metrics().items() if k != "per_tool"}), file=sys.stderr)
+    return 1 if result.error else 0

@@ -1,0 +1,89 @@
+"""The Table-1-shaped Markdown, the summaries (avg, vs_rag) and the plot data of the evaluation report."""
+import csv
+
+import pytest
+
+from pipeline.eval_report import plot_records, render_table, with_summaries, write_plots
+from pipeline.evaluation import METRIC_KEYS
+
+
+def metrics(acc, sr, **kw):
+    m = {k: None for k in METRIC_KEYS}
+    m.update(n_items=10, n_rollouts=10, tool_calls=0, failed_tool_calls=0, refused_tool_calls=0,
+             n_search_required=0, n_search_free=0, accuracy=acc, search_ratio=sr)
+    m.update(kw)
+    return m
+
+
+NESTED = {
+    "base": {
+        "direct": {"test": metrics(0.10, 0.0), "extra": metrics(0.30, 0.0)},
+        "rag": {"test": metrics(0.40, 1.0), "extra": metrics(0.50, 1.0)},
+        "on_demand": {"test": metrics(0.35, 0.5)},  # no result on `extra`
+    },
+    "trained": {
+        "direct": {"test": metrics(0.20, 0.0), "extra": metrics(0.20, 0.0)},
+        "rag": {"test": metrics(0.50, 1.0), "extra": metrics(0.60, 1.0)},
+        "on_demand": {"test": metrics(0.55, 0.6, over_search_rate=0.25), "extra": metrics(0.65, 0.8)},
+    },
+}
+MODELS, MODES, DATASETS = ["base", "trained"], ["direct", "rag", "on_demand"], ["test", "extra"]
+
+
+def table_rows(md):
+    return [line for line in md.splitlines() if line.startswith("| ")]
+
+
+def cells(row):
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+def test_table_has_one_row_per_model_and_mode_and_a_column_pair_per_dataset():
+    md = render_table(NESTED, MODELS, MODES, DATASETS)
+    main = md.split("\n## ")[0]
+    rows = table_rows(main)
+    assert rows[0] == "| Mode | Model | Avg Acc | Avg SR | test Acc | test SR | extra Acc | extra SR |"
+    body = rows[1:]
+    assert len(body) == len(MODELS) * len(MODES)
+    # grouped by mode like the paper: direct rows first, on-demand last
+    assert body[0].startswith("| Direct answer | base |") and body[-1].startswith("| On-demand search | trained |")
+    trained_od = cells(body[-1])
+    assert trained_od[2:8] == ["60.0", "70.0", "55.0", "60.0", "65.0", "80.0"]  # avg = mean over the datasets
+    base_od = cells([r for r in body if r.startswith("| On-demand search | base |")][0])
+    assert base_od[6:8] == ["–", "–"]  # missing dataset shows a dash, not 0
+    assert base_od[2] == "35.0"  # the average skips the missing dataset
+
+
+def test_efficiency_tables_per_dataset_show_nulls_as_dashes():
+    md = render_table(NESTED, MODELS, MODES, DATASETS)
+    assert "## test: search efficiency" in md and "## extra: search efficiency" in md
+    test_part = md.split("## test: search efficiency")[1].split("## extra")[0]
+    row = cells([r for r in table_rows(test_part) if r.startswith("| On-demand search | trained |")][0])
+    assert row[2] == "10" and row[3] == "55.0" and row[7] == "25.0"  # items, Acc, over-search
+    assert row[4] == "–"  # accuracy on search-required: no such items
+    extra_part = md.split("## extra: search efficiency")[1]
+    assert not any(r.startswith("| On-demand search | base |") for r in table_rows(extra_part))
+
+
+def test_summaries_add_avg_and_vs_rag():
+    s = with_summaries(NESTED, DATASETS)
+    assert s["trained"]["on_demand"]["avg"]["accuracy"] == pytest.approx(0.60)
+    assert s["trained"]["on_demand"]["avg"]["search_ratio"] == pytest.approx(0.70)
+    assert s["trained"]["vs_rag"]["test"]["search_reduction"] == pytest.approx(0.4)
+    assert s["trained"]["vs_rag"]["test"]["accuracy_gap"] == pytest.approx(0.05)
+    assert s["trained"]["vs_rag"]["avg"]["search_reduction"] == pytest.approx(0.3)
+    assert s["base"]["vs_rag"]["extra"] == {"search_reduction": None, "accuracy_gap": None}
+    assert "avg" not in NESTED["base"]["direct"]  # the input is not modified
+
+
+def test_plot_records_and_files(tmp_path):
+    recs = plot_records(NESTED, MODELS, MODES, "extra")
+    assert [r["point"] for r in recs] == ["base/direct", "base/rag", "trained/direct", "trained/rag", "trained/on_demand"]
+    assert recs[-1] == {"point": "trained/on_demand", "model": "trained", "mode": "on_demand",
+                        "search_ratio": 80.0, "accuracy": 65.0}
+    written = write_plots(NESTED, MODELS, MODES, DATASETS, tmp_path / "plots", tmp_path / "acc.png")
+    assert [p.name for p in written] == ["accuracy_vs_search_test.csv", "accuracy_vs_search_extra.csv", "acc.png"]
+    with open(tmp_path / "plots" / "accuracy_vs_search_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and rows[0]["search_ratio"] == "0.0" and rows[0]["accuracy"] == "10.0"
+    assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,214 @@
+"""End to end: the evaluate stage with the transformers engine, tiny models and a small real search world
+(local indexes + cache), and its parts: dataset loading and stratified selection, the forced rag workflow, resume."""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.eval_data import DatasetParams, load_dataset, select_items
+from pipeline.schema import write_items
+
+LABEL_CYCLE = ["search_free", "image_search_required", "text_search_required", "mixed_search_required"]
+
+
+def _with_labels(items, path, labels):
+    write_items(items, path)
+    table = pq.read_table(path).append_column("label", pa.array(labels))
+    pq.write_table(table, path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_text_model_path):
+    """Search world of tests/train_world.py, a labelled test split, and a tiny model warmed up on the protocols."""
+    from train_world import build_world, warm_up
+
+    root = tmp_path_factory.mktemp("eval_world")
+    w = build_world(root)
+    labels = [LABEL_CYCLE[i % len(LABEL_CYCLE)] for i in range(len(w.items))]
+    _with_labels(w.items, root / "data" / "balance" / "test.parquet", labels)
+    warmed = warm_up(str(tiny_text_model_path), w, root / "models" / "warm", steps=200)
+    return w, dict(zip([it["id"] for it in w.items], labels)), warmed
+
+
+def _params_file(root: Path, world, warmed: str, base: str, **evaluate) -> Path:
+    import dataclasses
+
+    section = {
+        "models": [{"name": "base", "path": base}, {"name": "trained", "path": warmed}],
+        "engine": {"kind": "transformers"},
+        "sampling": {"temperature": 0.0, "max_tokens": 48},
+        "max_items": 6,
+    }
+    section.update(evaluate)
+    doc = {"evaluate": section, "search": json.loads(json.dumps(dataclasses.asdict(world.search)))}
+    path = root / "params_eval.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run(root: Path, params_file: Path, *overrides: str) -> int:
+    from pipeline.config import load_section
+    from stages import evaluate
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        params = load_section(evaluate.Params, "evaluate", params_file, list(overrides))
+        return evaluate.run(params, argparse.Namespace(params=str(params_file)))
+    finally:
+        os.chdir(cwd)
+
+
+def _dir_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _without_latency(path):
+    return [{k: v for k, v in r.items() if k != "latency_s"} for r in pq.read_table(path).to_pylist()]
+
+
+def test_evaluate_end_to_end_and_resume(world, tiny_text_model_path):
+    from pipeline.evaluation import metrics_by_group
+
+    w, labels, warmed = world
+    root = w.root
+    pf = _params_file(root, w, warmed, str(tiny_text_model_path))
+    shared_cache = _dir_bytes(root / "data" / "cache" / "search")
+    assert _run(root, pf) == 0
+    # the shared search cache (a dependency of the stage) is only read: new searches went to a private copy
+    assert _dir_bytes(root / "data" / "cache" / "search") == shared_cache
+    out = root / "data" / "evaluate"
+    rows = pq.read_table(out / "rollouts.parquet").to_pylist()
+    assert len(rows) == 2 * 3 * 6  # models x modes x items, one greedy sample each
+    assert len({r["rollout_id"] for r in rows}) == len(rows)
+
+    by = lambda model, mode: [r for r in rows if r["model"] == model and r["condition"] == mode]  # noqa: E731
+    for model in ("base", "trained"):
+        for r in by(model, "direct"):  # no tools: never a search call
+            assert r["n_image_search"] == r["n_text_search"] == 0
+        for r in by(model, "rag"):  # forced workflow: image search, then text search (title + question), then answer
+            assert r["actions"][:2] == ["image_search", "text_search"] and len(r["actions"]) == 3
+            assert r["n_image_search"] == 1 and r["n_text_search"] == 1
+            calls = json.loads(r["tool_calls"])
+            assert [c["tool"] for c in calls] == ["image_search", "text_search"]
+            question = next(it["question"] for it in w.items if it["id"] == r["item_id"])
+            assert calls[1]["query"] == f"{calls[0]['titles'][0]} {question}"
+            assert r["label"] == labels[r["item_id"]] and r["dataset"] == "test"
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("base", "trained"):
+        assert metrics[model]["rag"]["test"]["search_ratio"] == 1.0
+        assert metrics[model]["direct"]["test"]["search_ratio"] == 0.0
+        assert metrics[model]["direct"]["test"]["n_items"] == 6
+        assert set(metrics[model]["vs_rag"]["test"]) == {"search_reduction", "accuracy_gap"}
+    # the warmed-up model follows the protocol, so on-demand search is exercised for real
+    assert metrics["trained"]["on_demand"]["test"]["search_ratio"] > 0
+    # every number is recomputable from the stored rollouts
+    again = metrics_by_group(rows, {"test": labels})
+    assert again["trained"]["on_demand"]["test"] == metrics["trained"]["on_demand"]["test"]
+    assert metrics["datasets"]["test"] == {"rows": 8, "valid_items": 8, "excluded": 0, "evaluated_items": 6,
+                                           "labelled_items": 6}
+    table = (out / "table.md").read_text()
+    assert table.count("| RAG workflow |") >= 2 and "| test Acc | test SR |" in table
+    assert (out / "accuracy_vs_search.png").exists()
+    assert (out / "plots" / "accuracy_vs_search_test.csv").read_text().count("\n") == 1 + 6
+
+    # resume: a lost unit is re-run, the others are reused; the rollouts are the same (wall-clock latency aside)
+    first = _without_latency(out / "rollouts.parquet")
+    parts = sorted((root / "data" / "evaluate_parts").rglob("*.parquet"))
+    assert len(parts) == 6
+    victim = [p for p in parts if p.name == "trained__test__on_demand.parquet"][0]
+    victim.unlink()
+    others = {p: p.stat().st_mtime_ns for p in parts if p != victim}
+    assert _run(root, pf) == 0
+    assert victim.exists() and all(p.stat().st_mtime_ns == t for p, t in others.items())
+    assert _without_latency(out / "rollouts.parquet") == first
+
+
+def test_changed_settings_do_not_reuse_parts(world, tiny_text_model_path):
+    w, _, warmed = world
+    root = w.root
+    pf = _params_file(root, w, warmed, str(tiny_text_model_path), modes=["direct"], models=[
+        {"name": "base", "path": str(tiny_text_model_path)}])
+    assert _run(root, pf) == 0
+    assert _run(root, pf, "sampling.max_tokens=8") == 0
+    rows = pq.read_table(root / "data" / "evaluate" / "rollouts.parquet").to_pylist()
+    assert rows and all(r["completion_tokens"] <= 8 for r in rows)
+
+
+def test_missing_model_and_dataset_fail_with_a_clear_message(world, tiny_text_model_path, capsys):
+    w, _, warmed = world
+    pf = _params_file(w.root, w, warmed, "data/no_such/model")
+    assert _run(w.root, pf) == 2
+    assert "model 'base'" in capsys.readouterr().err
+    pf = _params_file(w.root, w, warmed, str(tiny_text_model_path), datasets={"test": {"path": "data/nope.parquet"}})
+    assert _run(w.root, pf) == 2
+    assert "data/nope.parquet not found" in capsys.readouterr().err
+
+
+def test_dataset_loading_excludes_bad_rows_and_labels(world, tmp_path):
+    w, _, _ = world
+    items = [dict(it) for it in w.items[:4]]
+    path = tmp_path / "bench.parquet"
+    _with_labels(items, path, ["search_free", "not_a_label", None, "text_search_required"])
+    table = pq.read_table(path).to_pylist()
+    table[2]["question"] = "   "  # invalid item
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(path)), path)
+    ds = load_dataset("bench", DatasetParams(path=str(path)))
+    assert ds.n_rows == 4 == len(ds.items) + len(ds.excluded)
+    assert sorted(e["reason"] for e in ds.excluded) == ["item_invalid", "label_unknown"]
+    assert any("not_a_label" in e["detail"] and "bench" in e["detail"] for e in ds.excluded)
+    assert ds.labels[items[0]["id"]] == "search_free" and ds.labels[items[3]["id"]] == "text_search_required"
+    unlabelled = load_dataset("bench", DatasetParams(path=str(path), label_column=""))
+    assert all(v is None for v in unlabelled.labels.values()) and len(unlabelled.items) == 3
+
+
+def test_extra_benchmark_through_a_gather_source_with_column_mapping(tmp_path):
+    """The paper's veRL parquet fixture, read with the mmsearch_r1 gather source (no labels: subsets are null)."""
+    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmsearch_r1_mini_data.parquet"
+    if not fixture.exists():
+        pytest.skip("paper fixture not present on this machine")
+    ds = load_dataset("paper", DatasetParams(path=str(fixture), format="mmsearch_r1", label_column=""))
+    assert ds.n_rows == len(ds.items) + len(ds.excluded) and ds.items
+    assert all(it["question"] and it["answer"] for it in ds.items)
+
+
+def test_select_items_is_seeded_stratified_and_order_free():
+    items = [{"id": f"i{k}"} for k in range(20)]
+    labels = {f"i{k}": ("search_free" if k < 15 else "image_search_required") for k in range(20)}
+    labels["i19"] = None
+    a = select_items(items, labels, 8, seed=1)
+    b = select_items(list(reversed(items)), labels, 8, seed=1)
+    assert a == b and len(a) == 8
+    strata = [labels[it["id"]] for it in a]
+    assert strata.count("search_free") == 6 and strata.count("image_search_required") == 1 and strata.count(None) == 1
+    assert select_items(items, labels, 8, seed=2) != a
+    assert len(select_items(items, labels, 0, seed=1)) == 20
+
+
+@pytest.mark.parametrize("name", ["mmsearch_r1", "tool_calls"])
+def test_forced_workflow_turns_parse_back_in_both_protocols(name):
+    from pipeline.eval_modes import forced_text
+    from pipeline.rollout.protocols import get_protocol
+
+    proto = get_protocol(name)
+    img = proto.parse_turn(forced_text(proto, "image_search"))
+    txt = proto.parse_turn(forced_text(proto, "text_search", "Flag of Peru capital"))
+    assert img.kind == "image_search" and txt.kind == "text_search" and txt.query == "Flag of Peru capital"
+    if name == "mmsearch_r1":
+        relaxed = get_protocol(name, require_reason=False)
+        assert forced_text(relaxed, "image_search") == "<search><img></search>"
+
+
+def test_rag_query():
+    from pipeline.eval_modes import rag_query
+
+    assert rag_query("What is the capital\nof it?", ["Flag of Peru", "x"], "title_question") == \
+        "Flag of Peru What is the capital of it?"
+    assert rag_query("Q?", ["Flag of Peru"], "question") == "Q?"
+    assert rag_query("Q?", [], "title_question") == "Q?"  # the image search found nothing

@@ -1,0 +1,210 @@
+"""GRPO steps on TRL with the real search tools (local indexes + replayed cache): tiny text model and tiny VLM,
+both protocols; tool-result tokens masked from the loss; rollouts matched to their own item; image-search
+thumbnails fed back to the VLM; vLLM colocate on CPU with the weight-sync fix; training curves and final model."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ParamsError, build
+from train_world import build_world, record_reward, warm_up
+from trainer.config import TrainParams, to_grpo_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("train_world"))
+
+
+@pytest.fixture(scope="module")
+def warm_text(world, tiny_text_model_path):
+    return warm_up(str(tiny_text_model_path), world, world.root / "warm_text", steps=400)
+
+
+@pytest.fixture(scope="module")
+def warm_vlm(world, tiny_vlm_path):
+    return warm_up(str(tiny_vlm_path), world, world.root / "warm_vlm", steps=400)
+
+
+def _params(world, model, out, **kw):
+    values = dict(model=model, train_file=str(world.train_file), output_dir=str(out), max_items=4, max_steps=1,
+                  num_generations=4, per_device_train_batch_size=4, max_completion_length=700, save_steps=1,
+                  learning_rate=1e-4, temperature=1.0, reward={"functions": ["paper", "train_world:record_reward"],
+                                                           "weights": [1.0, 0.0]})
+    values.update(kw)
+    return build(TrainParams, values)
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Every generated batch (completion ids, masks, image counts) as GRPOTrainer produced it for the loss."""
+    from trl import GRPOTrainer
+
+    batches = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    def wrapper(self, inputs):
+        out = original(self, inputs)
+        batches.append({k: (v.detach().cpu() if hasattr(v, "detach") else v) for k, v in out.items()
+                        if k in ("completion_ids", "completion_mask", "tool_mask", "num_images")})
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", wrapper)
+    record_reward.rows.clear()
+    return batches
+
+
+def _segments(ids, mask, keep):
+    """Runs of token ids whose mask equals `keep`."""
+    runs, cur = [], []
+    for t, m in zip(ids, mask):
+        if m == keep:
+            cur.append(t)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def _check_rollouts_match_items(world, rows, tool_tag):
+    """Each rollout's environment saw its own item, its tool results name its own question, and an image search
+    of its image returned its own flag first (the index holds the exact images)."""
+    by_id = {it["id"]: it for it in world.items}
+    assert rows
+    for r in rows:
+        item = by_id[r["id"]]
+        assert r["question"] == item["question"] and r["env_question"] == item["question"]
+        assert item["question"] in r["prompt_text"]
+        assert r["executed_calls"] == len(r["env_calls"]) == len(r["tool_texts"])
+        assert [c["turn"] for c in r["env_calls"]] == sorted(c["turn"] for c in r["env_calls"])
+        for text, call in zip(r["tool_texts"], r["env_calls"]):
+            assert f"Question: {item['question']}" in text
+            if call["tool"] == "image_search" and not call["refused"]:
+                assert call["error"] == "" and call["cache_key"]  # replayed from the cache (replay_only)
+                assert f"1. image: \ntitle: Flag of {item['entity']}" in text or f"1. title: Flag of {item['entity']}" in text
+
+
+@pytest.mark.parametrize("protocol, tool_tag", [("mmsearch_r1", "<information>"), ("tool_calls", "<tool_response>")])
+def test_grpo_text_model_tool_loop_and_mask(world, warm_text, tmp_path, captured, protocol, tool_tag):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.grpo import train
+
+    p = _params(world, warm_text, tmp_path / "train", protocol=protocol, max_steps=2)
+    metrics = train(p, world.search, root=world.root)
+    assert metrics["steps"] == 2 and metrics["items"] == 4 and metrics["excluded"] == 0
+
+    tok = AutoTokenizer.from_pretrained(warm_text)
+    rollouts_with_tools = 0
+    for batch in captured:
+        assert "tool_mask" in batch
+        for ids, cmask, tmask in zip(batch["completion_ids"], batch["completion_mask"], batch["tool_mask"]):
+            n = int(cmask.sum())
+            ids, tmask = ids[:n].tolist(), tmask[:n].tolist()
+            masked = [tok.decode(s) for s in _segments(ids, tmask, 0)]
+            model_text = tok.decode([t for t, m in zip(ids, tmask) if m == 1])
+            assert tool_tag not in model_text and "Question:" not in model_text
+            for seg in masked:  # each masked run is exactly one spliced tool-result turn
+                assert seg.lstrip().startswith("<|im_start|>user") and seg.endswith("<|im_start|>assistant\n")
+                # the environment's result (TRL's own error text when the call itself was malformed)
+                assert (tool_tag in seg and "Question:" in seg) or "{'error'" in seg
+            if masked:
+                rollouts_with_tools += 1
+                assert model_text.count("<|im_end|>") == len(masked) + (1 if ids[-1] == tok.convert_tokens_to_ids("<|im_end|>") else 0)
+    assert rollouts_with_tools > 0, "the warmed-up model made no tool call: the loop was not exercised"
+    _check_rollouts_match_items(world, record_reward.rows, tool_tag)
+
+    out = Path(p.output_dir)
+    curves = json.loads((out / "curves.json").read_text())
+    assert [r["step"] for r in curves] == [1, 2]
+    for key in ("reward", "reward/accuracy", "reward/format", "reward/search_penalty", "search/image_search_calls",
+                "search/text_search_calls", "search/ratio"):
+        assert key in curves[0], key
+    assert (out / "curves.tsv").read_text().splitlines()[0].startswith("step\t")
+    assert (out / "curves.png").stat().st_size > 1000
+    assert sorted(c.name for c in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    model = AutoModelForCausalLM.from_pretrained(p.model_dir)
+    saved_tok = AutoTokenizer.from_pretrained(p.model_dir)
+    assert model.config.vocab_size == tok.vocab_size or model.config.vocab_size >= len(tok)
+    assert saved_tok.chat_template and "<|im_start|>" in saved_tok.chat_template
+    assert saved_tok.response_template["start_anchor"] == "<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("protocol", ["mmsearch_r1", "tool_calls"])
+def test_grpo_vlm_image_search_returns_images(world, warm_vlm, tmp_path, captured, protocol):
+    from trainer.grpo import train
+
+    p = _params(world, warm_vlm, tmp_path / "train", protocol=protocol, max_steps=1, save_steps=10,
+                per_device_train_batch_size=8)
+    metrics = train(p, world.search, root=world.root)
+    assert metrics["steps"] == 1
+    rows = record_reward.rows
+    _check_rollouts_match_items(world, rows, "")
+    # every rollout sees its item image in the prompt; each image search adds its thumbnails (k_image=2) as images
+    searched = [r for r in rows if any(c["tool"] == "image_search" and not c["refused"] for c in r["env_calls"])]
+    assert searched, "the warmed-up VLM made no image search"
+    for r in searched:
+        assert sum(r["tool_images"]) >= 2
+    num_images = [int(n) for b in captured for n in b["num_images"]]
+    assert sorted(num_images) == sorted(1 + sum(r["tool_images"]) for r in rows)
+    assert (Path(p.model_dir) / "model.safetensors").exists()
+    from pipeline.models import load_processor
+
+    proc = load_processor(p.model_dir)
+    assert hasattr(proc, "image_processor") and proc.tokenizer.response_template
+
+
+def test_vllm_colocate_cpu_weight_sync(world, warm_text, tmp_path):
+    """Two steps with vLLM colocated on CPU: generation, then the weight sync after step 1 (which fails without
+    the fix); vLLM's weights equal the trained policy's afterwards."""
+    import torch
+
+    from trainer.grpo import build_trainer, save_final_model
+
+    p = _params(world, warm_text, tmp_path / "train", max_steps=2, use_vllm=True, save_steps=10,
+                reward={"functions": ["paper"]})
+    run = build_trainer(p, world.search, root=world.root)
+    trainer = run.trainer
+    trainer.train()
+    assert trainer.state.global_step == 2
+    trainer._generate_single_turn([[1, 2, 3]], None, {}, 1)  # a generation after the last step triggers a sync
+    vllm_model = trainer.vllm_generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    theirs = dict(vllm_model.named_parameters())
+    ours = dict(trainer.model.named_parameters())
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(ours[name].detach(), _load(warm_text)[name]), "training did not change the weights"
+    assert torch.allclose(theirs[name].detach().float(), ours[name].detach().float(), atol=1e-2)
+    save_final_model(run, p.model_dir)
+    assert (Path(p.model_dir) / "model.safetensors").exists()
+
+
+def _load(path):
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(str(Path(path) / "model.safetensors")).items()}
+
+
+def test_config_maps_onto_grpo_config_and_rejects_unknown_keys():
+    p = build(TrainParams, {"limits": {"max_turns": 4}, "beta": 0.0, "epsilon": 0.3, "num_generations": 8, "per_device_train_batch_size": 8,
+                            "lora": {"enabled": True, "r": 8}, "grpo_overrides": {"num_iterations": 2}})
+    cfg = to_grpo_config(p, reward_weights=[1.0])
+    assert cfg.max_tool_calling_iterations == 3 and cfg.beta == 0.0 and cfg.epsilon == 0.3
+    assert cfg.num_generations == 8 and cfg.num_iterations == 2 and cfg.output_dir.endswith("checkpoints")
+    assert p.lora.to_peft().r == 8
+    with pytest.raises(ParamsError, match="did you mean 'num_generations'"):
+        build(TrainParams, {"num_generation": 4})
+    with pytest.raises(ParamsError, match="limits.max_turns"):
+        build(TrainParams, {"limits": {"max_turn": 2}})
+    with pytest.raises(ValueError, match="not a GRPOConfig field; did you mean 'num_iterations'"):
+        to_grpo_config(build(TrainParams, {"grpo_overrides": {"num_iteration": 2}}))
+    # fingerprints ignore cadence/output settings but not what changes the trajectory
+    a = build(TrainParams, {})
+    assert a.fingerprint() == build(TrainParams, {"save_steps": 99, "max_steps": 3}).fingerprint()
+    assert a.fingerprint() != build(TrainParams, {"learning_rate": 2e-6}).fingerprint()

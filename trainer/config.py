@@ -1,0 +1,244 @@
+"""`TrainParams`: the `train:` section of params.yaml, and its mapping onto TRL's `GRPOConfig` and peft's `LoraConfig`.
+
+Reads/writes nothing. Unknown keys are rejected by `pipeline.config.build` (with the closest valid name); GRPOConfig
+fields that are not first-class parameters can still be set through `grpo_overrides`, whose keys are checked against
+GRPOConfig's own fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pipeline.config import param
+from pipeline.rollout.protocols.base import Limits
+from trainer.rewards import RewardParams
+
+
+@dataclasses.dataclass
+class LoraParams:
+    """LoRA adapters through peft (off: full fine-tuning)."""
+
+    enabled: bool = param(False, "train LoRA adapters instead of all weights (merged into the final model)")
+    r: int = param(16, "LoRA rank")
+    alpha: int = param(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = param(0.05, "dropout on the LoRA input")
+    target_modules: list[str] = param(["all-linear"], "modules to adapt: ['all-linear'] or names like [q_proj, v_proj]")
+
+    def to_peft(self):
+        from peft import LoraConfig
+
+        targets: Any = self.target_modules[0] if self.target_modules == ["all-linear"] else list(self.target_modules)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+@dataclasses.dataclass
+class TrainParams:
+    """GRPO training of the search policy (the `train:` section)."""
+
+    # --- model and start point ---
+    model: str = param(
+        "data/bootstrap/model",
+        "policy to train: a local HF folder (default: the bootstrap stage's output), 'packaged:smollm2', 'tiny:text', "
+        "'tiny:vlm', or a Hub id (online only)",
+    )
+    cold_start: bool = param(
+        False,
+        "run the bootstrap stage's supervised cold start (pipeline/bootstrap.py, settings from the params file's "
+        "`bootstrap:` section) on `model` before GRPO; for a base model that does not know the protocol yet",
+    )
+    protocol: Literal["mmsearch_r1", "tool_calls"] = param(
+        "mmsearch_r1", "rollout protocol: mmsearch_r1 (the paper's tags) or tool_calls (chat-template tool calling)"
+    )
+    condition: Literal["tools", "image_only", "text_only"] = param(
+        "tools", "tools offered during training: both searches, image search only, or text search only"
+    )
+    show_image: Optional[bool] = param(
+        None, "put the item image in the prompt (null = yes for a vision-language model, no for a text-only model)"
+    )
+    limits: Limits = param(
+        factory=Limits,
+        help="protocol limits per rollout (as in probe); GRPOConfig.max_tool_calling_iterations = max_turns - 1",
+    )
+    cache_mode: Literal["live", "cache_first", "replay_only"] = param(
+        "replay_only",
+        "search cache mode during training (tools come from the params file's `search:` section): replay_only keeps "
+        "training offline and reproducible; a miss is a tool error the policy sees",
+    )
+    search_k: int = param(
+        0,
+        "results per search call (0 = search.k_image / search.k_text); keep equal to probe.search_k so that "
+        "replay_only finds the entries probe cached (an entry with fewer results does not answer a larger k)",
+    )
+    # --- data ---
+    train_file: str = param("data/balance/train.parquet", "training items (item columns + label)")
+    eval_file: str = param("", "evaluation items ('' = no evaluation during training)")
+    max_items: int = param(0, "use at most this many training items, in file order (0 = all)")
+    max_prompt_length: int = param(1024, "items whose rendered prompt is longer (tokens) are excluded with a reason")
+    # --- output ---
+    output_dir: str = param("data/train", "checkpoints under <output_dir>/checkpoints, final model in <output_dir>/model")
+    resume: str = param(
+        "latest",
+        "'latest' resumes from the newest checkpoint made with the same settings (a killed run continues), 'never' "
+        "starts over, or a checkpoint folder path",
+    )
+    # --- GRPO ---
+    num_generations: int = param(4, "rollouts per prompt (the GRPO group size G)")
+    per_device_train_batch_size: int = param(4, "completions per device per optimizer micro-step (multiple of num_generations / processes)")
+    gradient_accumulation_steps: int = param(1, "micro-steps per optimizer step")
+    learning_rate: float = param(1e-6, "AdamW learning rate")
+    lr_scheduler_type: str = param("constant", "transformers scheduler name (constant, linear, cosine, ...)")
+    warmup_steps: int = param(0, "linear warm-up steps")
+    beta: float = param(0.001, "KL coefficient against the reference policy (0 = no reference model)")
+    epsilon: float = param(0.2, "PPO-style clip range of the importance ratio")
+    loss_type: str = param("dapo", "GRPO loss normalisation: grpo, dapo, dr_grpo, bnpo, ... (TRL loss_type)")
+    temperature: float = param(1.0, "sampling temperature of the rollouts")
+    top_p: float = param(1.0, "nucleus sampling of the rollouts")
+    max_completion_length: int = param(512, "tokens per rollout over all its turns, tool results included")
+    max_steps: int = param(20, "optimizer steps (overrides num_train_epochs when > 0)")
+    num_train_epochs: float = param(1.0, "epochs over the training items when max_steps is 0")
+    save_steps: int = param(10, "save a checkpoint every N steps")
+    save_total_limit: int = param(2, "keep at most N checkpoints")
+    eval_steps: int = param(0, "evaluate every N steps on eval_file (0 = never)")
+    logging_steps: int = param(1, "log (and write the curves) every N steps")
+    seed: int = param(0, "seed of sampling, data order and initialisation")
+    precision: Literal["auto", "fp32", "bf16"] = param("auto", "training dtype: auto = bf16 on a GPU that supports it, else fp32")
+    gradient_checkpointing: bool = param(False, "trade compute for memory in the backward pass")
+    lora: LoraParams = param(factory=LoraParams, help="LoRA via peft")
+    reward: RewardParams = param(factory=RewardParams, help="reward functions and the constants of Eq. 1")
+    # --- generation backend ---
+    use_vllm: bool = param(False, "generate rollouts with vLLM (else transformers generate)")
+    vllm_mode: Literal["colocate", "server"] = param(
+        "colocate", "colocate: vLLM in each training process (on CPU with the weight-sync fix); server: `trl vllm-serve`"
+    )
+    vllm_server_base_url: str = param("", "server mode: base URL, e.g. http://127.0.0.1:8000 ('' = host/port below)")
+    vllm_server_host: str = param("127.0.0.1", "server mode: host of `trl vllm-serve`")
+    vllm_server_port: int = param(8000, "server mode: port of `trl vllm-serve`")
+    vllm_gpu_memory_utilization: float = param(0.3, "colocate mode: share of GPU memory for vLLM (CPU: VLLM_CPU_KVCACHE_SPACE)")
+    vllm_max_model_length: int = param(0, "colocate mode: context length of the engine (0 = prompt + completion lengths)")
+    vllm_tensor_parallel_size: int = param(1, "colocate mode: tensor parallel size (must divide the number of processes)")
+    vllm_enable_sleep_mode: bool = param(False, "colocate mode: offload vLLM weights/cache during the optimizer step (GPU)")
+    # --- escape hatch ---
+    grpo_overrides: dict[str, Any] = param(
+        {}, "any other GRPOConfig field by name (e.g. num_iterations, steps_per_generation, scale_rewards); checked"
+    )
+    report_to: list[str] = param([], "extra trackers (tensorboard, wandb, ...); the curves files are always written")
+
+    def validate(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2 (GRPO compares rollouts within a group)")
+        if self.max_completion_length < 8:
+            raise ValueError("max_completion_length must be >= 8")
+        if self.vllm_mode == "server" and self.use_vllm and not (self.vllm_server_base_url or self.vllm_server_host):
+            raise ValueError("vllm_mode=server needs vllm_server_base_url or vllm_server_host")
+        if self.resume not in ("latest", "never") and not self.resume.strip():
+            raise ValueError("resume must be 'latest', 'never' or a checkpoint path")
+        self.limits.validate()
+        self.reward.validate()
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.output_dir) / "model"
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes the training trajectory (not output/cadence/resume settings): a
+        checkpoint is resumed only when its run had the same fingerprint."""
+        d = dataclasses.asdict(self)
+        for key in ("output_dir", "resume", "save_steps", "save_total_limit", "logging_steps", "report_to", "max_steps",
+                    "eval_steps", "num_train_epochs"):
+            d.pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def grpo_config_fields() -> set[str]:
+    from trl import GRPOConfig
+
+    return {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
+def no_gpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = None, **extra: Any):
+    """The `GRPOConfig` for these params (output under `<output_dir>/checkpoints`).
+
+    `extra` is for values only known at run time (e.g. `vllm_max_model_length`); `grpo_overrides` win over both.
+    """
+    from trl import GRPOConfig
+
+    known = grpo_config_fields()
+    bad = sorted(set(params.grpo_overrides) - known)
+    if bad:
+        import difflib
+
+        close = difflib.get_close_matches(bad[0], sorted(known), n=1)
+        raise ValueError(
+            f"train.grpo_overrides: {bad[0]!r} is not a GRPOConfig field" + (f"; did you mean {close[0]!r}?" if close else "")
+        )
+    bf16 = params.precision == "bf16" or (params.precision == "auto" and bf16_supported())
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(params.checkpoints_dir),
+        num_generations=params.num_generations,
+        per_device_train_batch_size=params.per_device_train_batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler_type,
+        warmup_steps=params.warmup_steps,
+        beta=params.beta,
+        epsilon=params.epsilon,
+        loss_type=params.loss_type,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_completion_length=params.max_completion_length,
+        max_tool_calling_iterations=params.limits.max_turns - 1,
+        max_steps=params.max_steps if params.max_steps > 0 else -1,
+        num_train_epochs=params.num_train_epochs,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=params.save_total_limit,
+        eval_strategy="steps" if params.eval_steps > 0 and params.eval_file else "no",
+        eval_steps=params.eval_steps if params.eval_steps > 0 else None,
+        logging_steps=params.logging_steps,
+        seed=params.seed,
+        data_seed=params.seed,
+        bf16=bf16,
+        # without a GPU, several processes (torchrun) must be told to use CPU + gloo, else each trains alone
+        use_cpu=no_gpu(),
+        gradient_checkpointing=params.gradient_checkpointing,
+        use_vllm=params.use_vllm,
+        vllm_mode=params.vllm_mode,
+        vllm_server_base_url=params.vllm_server_base_url or None,
+        vllm_server_host=params.vllm_server_host,
+        vllm_server_port=params.vllm_server_port,
+        vllm_gpu_memory_utilization=params.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=params.vllm_tensor_parallel_size,
+        vllm_enable_sleep_mode=params.vllm_enable_sleep_mode,
+        reward_weights=reward_weights,
+        report_to=list(params.report_to) or "none",
+        log_completions=False,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        # fixed order of items and rollouts, so that a resumed run continues the same data stream
+        shuffle_dataset=True,
+    )
+    if params.vllm_max_model_length > 0:
+        kwargs["vllm_max_model_length"] = params.vllm_max_model_length
+    kwargs.update(extra)
+    kwargs.update(params.grpo_overrides)
+    return GRPOConfig(**kwargs)
