@@ -18,7 +18,9 @@ from pipeline.hamming import brute_force_pairs, hamming_pairs
 from pipeline.imagehashing import HashSpec, hash_files, hash_many
 from pipeline.schema import make_item_id, sha1_hex, write_items
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mmsearch_r1_mini_data.parquet"
+from shared_fixtures import MMSEARCH_R1_MINI, require_shared_fixture, shared_fixture
+
+FIXTURE = shared_fixture(MMSEARCH_R1_MINI)
 SPEC = HashSpec()
 
 
@@ -191,7 +193,7 @@ def test_unreadable_image_is_excluded_with_reason():
 # contamination
 # ---------------------------------------------------------------------------------------------------------------
 def test_contamination_against_item_schema_and_mapped_benchmark(tmp_path):
-    fixture = pq.read_table(FIXTURE).to_pylist()
+    fixture = pq.read_table(require_shared_fixture(MMSEARCH_R1_MINI)).to_pylist()
     bench_img = fixture[0]["images"][0]["bytes"]
     bench_q = fixture[1]["prompt"][-1]["content"]  # "What is this building dedicated to?"
     ev_pics = [synth(100 + i) for i in range(3)]
@@ -219,8 +221,9 @@ def test_contamination_against_item_schema_and_mapped_benchmark(tmp_path):
 
 
 def test_eval_set_with_a_missing_column_says_what_to_set():
+    fixture = require_shared_fixture(MMSEARCH_R1_MINI)
     with pytest.raises(ValueError, match=r"columns.question"):
-        load_eval_set(EvalSet(path=str(FIXTURE), name="mm"))
+        load_eval_set(EvalSet(path=str(fixture), name="mm"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

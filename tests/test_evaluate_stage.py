@@ -170,9 +170,9 @@ def test_dataset_loading_excludes_bad_rows_and_labels(world, tmp_path):
 
 def test_extra_benchmark_through_a_gather_source_with_column_mapping(tmp_path):
     """The paper's veRL parquet fixture, read with the mmsearch_r1 gather source (no labels: subsets are null)."""
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmsearch_r1_mini_data.parquet"
-    if not fixture.exists():
-        pytest.skip("paper fixture not present on this machine")
+    from shared_fixtures import MMSEARCH_R1_MINI, require_shared_fixture
+
+    fixture = require_shared_fixture(MMSEARCH_R1_MINI)
     ds = load_dataset("paper", DatasetParams(path=str(fixture), format="mmsearch_r1", label_column=""))
     assert ds.n_rows == len(ds.items) + len(ds.excluded) and ds.items
     assert all(it["question"] and it["answer"] for it in ds.items)

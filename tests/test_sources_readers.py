@@ -19,7 +19,9 @@ from pipeline.sources.base import SourceParams
 from pipeline.sources.collect import gather_rows
 from pipeline.sources.mmsearch_r1 import question_from_prompt
 
-FIXTURE = Path(os.environ.get("MMSEARCH_R1_FIXTURE", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmsearch_r1_mini_data.parquet"))
+from shared_fixtures import MMSEARCH_R1_MINI, shared_fixture
+
+FIXTURE = shared_fixture(MMSEARCH_R1_MINI)
 
 
 def png(seed: int, size=(24, 16)) -> bytes:
@@ -31,7 +33,7 @@ def png(seed: int, size=(24, 16)) -> bytes:
 
 def test_mmsearch_r1_fixture_all_rows():
     if not FIXTURE.exists():
-        pytest.skip(f"fixture not present: {FIXTURE} (set MMSEARCH_R1_FIXTURE)")
+        pytest.skip(f"fixture not present: {FIXTURE} (set MMSC_SHARED_FIXTURES)")
     params = SourceParams(kind="mmsearch_r1", path=str(FIXTURE))
     result = gather_rows(read_source(params), "mmsearch_r1", ImageParams(), scheduler="synchronous")
     items = result.splits["items"]

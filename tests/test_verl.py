@@ -18,7 +18,9 @@ from pipeline.schema import LABELS
 from pipeline.verl import PLACEHOLDER_MMSEARCH_R1_PROMPT, VERL_SHARED_SCHEMA, VerlParams, candidate_answers, export_split
 from test_publish_world import make_world
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmsearch_r1_mini_data.parquet"
+from shared_fixtures import MMSEARCH_R1_MINI, shared_fixture
+
+FIXTURE = shared_fixture(MMSEARCH_R1_MINI)
 
 
 @pytest.fixture(scope="module")
