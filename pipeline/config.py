@@ -104,6 +104,16 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _nested_field(cls: type, hints: Mapping[str, Any], name: str) -> list[str]:
+    """['section.name'] when `name` is a field of one of `cls`'s nested dataclass sections (e.g. a key given one
+    level too high: train.search_penalty -> train.reward.search_penalty), else []."""
+    for f in dataclasses.fields(cls):
+        tp = hints.get(f.name)
+        if dataclasses.is_dataclass(tp) and name in {g.name for g in dataclasses.fields(tp)}:
+            return [f"{f.name}.{name}"]
+    return []
+
+
 def build(cls: type, values: Mapping[str, Any] | None, prefix: str = "") -> Any:
     """Instantiate dataclass `cls` from a mapping, type-checking each value and rejecting unknown keys."""
     values = dict(values or {})
@@ -112,7 +122,7 @@ def build(cls: type, values: Mapping[str, Any] | None, prefix: str = "") -> Any:
     unknown = [k for k in values if k not in fields]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=1)
+        close = _nested_field(cls, hints, k) or difflib.get_close_matches(k, list(fields), n=1)
         hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
         raise ParamsError(f"unknown parameter {prefix + k!r}{hint}")
     kwargs = {name: _check(v, hints[name], prefix + name) for name, v in values.items()}

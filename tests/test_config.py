@@ -43,6 +43,7 @@ def test_defaults_and_nested_build():
     [
         ({"sampels": 3}, "did you mean 'samples'"),
         ({"inner": {"kx": 1}}, "'inner.kx'; did you mean 'inner.k'"),
+        ({"mode": "live"}, "'mode'; did you mean 'inner.mode'"),
         ({"samples": "3"}, "expected an integer"),
         ({"samples": True}, "expected an integer"),
         ({"temperature": "hot"}, "expected a number"),

@@ -195,6 +195,10 @@ def test_params_are_checked():
         build(RewardParams, {"format_weight": 1.5})
     with pytest.raises(ParamsError, match="did you mean 'search_penalty'"):
         build(RewardParams, {"search_penalti": 0.2})
+    from trainer.config import TrainParams
+
+    with pytest.raises(ParamsError, match="'train.search_penalty'; did you mean 'train.reward.search_penalty'"):
+        build(TrainParams, {"search_penalty": 0.0}, prefix="train.")
     with pytest.raises(ParamsError, match="weights"):
         build(RewardParams, {"functions": ["paper"], "weights": [1.0, 2.0]})
     with pytest.raises(ParamsError, match="llm"):

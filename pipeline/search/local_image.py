@@ -195,18 +195,29 @@ def build_image_index(rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathL
 
 
 class ImageIndex:
-    """Loaded image index: exact top-k over all rows."""
+    """Loaded image index: exact top-k over all rows.
 
-    def __init__(self, index_dir: str | os.PathLike, mmap: bool = False):
+    Embeddings and colour layouts are held as one float32 torch matrix [emb | colour], scored with one
+    matrix-vector product in torch's own thread pool: a numpy (BLAS) product here leaves BLAS threads spinning
+    that then slow the next query's EfficientNet pass about 2.5x (bench/bench_search.py).
+    """
+
+    def __init__(self, index_dir: str | os.PathLike):
         import pyarrow.parquet as pq
+        import torch
 
         d = Path(index_dir)
         if not (d / "manifest.json").exists():
             raise FileNotFoundError(f"image index {str(d)!r} not found; build it with `python -m stages index` "
                                     "(needs data/corpora/images.parquet)")
-        mode = "r" if mmap else None
-        self.emb = np.load(d / "embeddings.npy", mmap_mode=mode)
-        self.color = np.load(d / "colors.npy", mmap_mode=mode)
+        emb = np.load(d / "embeddings.npy")
+        color = np.load(d / "colors.npy")
+        if emb.shape[0] != color.shape[0]:
+            raise ValueError(f"image index {str(d)!r} is inconsistent: {emb.shape[0]} embeddings, {color.shape[0]} "
+                             "colour layouts; rebuild it with `python -m stages index`")
+        self.emb_dim = int(emb.shape[1])
+        self.matrix = torch.from_numpy(np.concatenate([emb, color], axis=1).astype(np.float32, copy=False))
+        del emb, color
         self.phash = np.load(d / "phash.npy")
         self.meta = pq.read_table(d / "meta.parquet")
         self._titles = self.meta.column("title").to_pylist()
@@ -215,12 +226,16 @@ class ImageIndex:
         self._thumbs = self.meta.column("thumbnail")
 
     def __len__(self) -> int:
-        return int(self.emb.shape[0])
+        return int(self.matrix.shape[0])
 
     def scores(self, q_emb: np.ndarray, q_color: np.ndarray, q_hash: int, color_weight: float, hash_weight: float) -> np.ndarray:
-        s = self.emb @ q_emb
-        if color_weight:
-            s = s + color_weight * (self.color @ q_color)
+        import torch
+
+        if q_emb.shape != (self.emb_dim,) or q_emb.shape[0] + q_color.shape[0] != self.matrix.shape[1]:
+            raise ValueError(f"query features ({q_emb.shape[0]} + {q_color.shape[0]}) do not match the index "
+                             f"({self.emb_dim} + {self.matrix.shape[1] - self.emb_dim}); rebuild the index")
+        q = np.concatenate([q_emb, color_weight * q_color]).astype(np.float32)
+        s = (self.matrix @ torch.from_numpy(q)).numpy()
         if hash_weight:
             ham = np.bitwise_count(self.phash ^ np.uint64(q_hash)).astype(np.float32)
             s = s + hash_weight * (1.0 - ham / 64.0)
