@@ -7,7 +7,8 @@ Uses the probe's model (data/bootstrap/model, or --model), items (data/dedup/ite
 1. batched: `run_rollouts` over all items at once (vLLM `n` samples per prompt, all live trajectories per turn);
 2. naive: the same engine, one item, one sample, one turn at a time (K separate calls with n=1 per item);
    rollouts/s of both and the speed-up;
-3. adaptive vs fixed K (closed_book and tools): generations played and agreement of the labels the two give.
+3. adaptive vs fixed K (closed_book and tools): generations played and agreement of the labels the two give, next
+   to the agreement of two fixed-K runs with different seeds (the noise floor).
 Prints figures; writes nothing but the search cache.
 """
 from __future__ import annotations
@@ -29,22 +30,19 @@ def main() -> None:
     ap.add_argument("--naive-items", type=int, default=4)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--engine", default="vllm")
+    ap.add_argument("--only", choices=("speed", "adaptive"), default=None, help="run one of the two comparisons")
     args = ap.parse_args()
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
         os.environ.setdefault(k, v)
 
-    import dataclasses
-
     import datasets
 
     from pipeline.config import load_section
-    from pipeline.label import label_items
     from pipeline.rollout.engines import make_engine
-    from pipeline.rollout.loop import run_rollouts
     from pipeline.rollout.protocols import get_protocol
     from pipeline.schema import read_items
     from pipeline.search import SearchParams, SearchTools
-    from stages.probe import AdaptiveParams, Params, probe_batch, resolve_labeler, select_items
+    from stages.probe import Params, resolve_labeler, select_items
 
     params: Params = load_section(Params, "probe", args.params)
     model = resolve_labeler(args.model or params.model)
@@ -55,8 +53,18 @@ def main() -> None:
     engine = make_engine(args.engine, model, protocol=proto, seed=params.seed, params=params.engine)
     k = args.samples
     common = dict(sampling=params.sampling, seed=1, search_k=params.search_k or None)
-    run_rollouts(engine, proto, tools, items, "tools", 1, "em", **common)  # warm the search cache and the engine
+    if args.only != "adaptive":
+        speed(engine, proto, tools, items, k, common, args)
+    if args.only != "speed":
+        adaptive_vs_fixed(engine, proto, tools, items, k, params, model)
+    engine.close()
 
+
+def speed(engine, proto, tools, items, k, common, args) -> None:
+    """Batched multi-turn loop vs one item, one sample, one turn at a time."""
+    from pipeline.rollout.loop import run_rollouts
+
+    run_rollouts(engine, proto, tools, items, "tools", 1, "em", **common)  # warm the search cache and the engine
     t = time.perf_counter()
     batched = run_rollouts(engine, proto, tools, items, "tools", k, "em", **common)
     tb = time.perf_counter() - t
@@ -69,26 +77,42 @@ def main() -> None:
                                   **{**common, "seed": 100 + s})
     tn = time.perf_counter() - t
     rb, rn = len(batched) / tb, len(naive) / tn
-    print(f"engine {args.engine}, model {Path(model).name}, {len(items)} items x {k} samples (tools condition)")
+    print(f"engine {args.engine}, {len(items)} items x {k} samples (tools condition), "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"batched: {len(batched)} rollouts in {tb:.1f} s = {rb:.2f} rollouts/s")
     print(f"naive:   {len(naive)} rollouts in {tn:.1f} s = {rn:.2f} rollouts/s  -> speed-up {rb / rn:.1f}x")
 
+
+
+def adaptive_vs_fixed(engine, proto, tools, items, k, params, model) -> None:
+    """Generations played and label agreement: adaptive vs fixed K, next to fixed K vs fixed K with another seed
+    (the agreement two independent fixed-K runs reach: the noise floor of any comparison)."""
+    import dataclasses
+
+    from pipeline.label import label_items
+    from stages.probe import AdaptiveParams, probe_batch
+
     fixed_p = dataclasses.replace(params, samples=k, adaptive=AdaptiveParams(enabled=False))
     adapt_p = dataclasses.replace(params, samples=k, adaptive=dataclasses.replace(params.adaptive, enabled=True))
-    rows = {"fixed": [], "adaptive": []}
-    gens = {"fixed": 0, "adaptive": 0}
-    for name, p in (("fixed", fixed_p), ("adaptive", adapt_p)):
+    runs = {}
+    for name, p, seed in (("fixed", fixed_p, 7), ("fixed_seed8", fixed_p, 8), ("adaptive", adapt_p, 7)):
+        rows, gens = [], 0
         for cond in ("closed_book", "tools"):
-            r, g = probe_batch(engine, proto, tools if cond == "tools" else None, items, cond, p, 7, model)
-            rows[name] += r
-            gens[name] += g
-    lf = {l["id"]: l["label"] for l in label_items(rows["fixed"])}
-    la = {l["id"]: l["label"] for l in label_items(rows["adaptive"])}
-    agree = sum(lf[i] == la.get(i) for i in lf) / len(lf)
-    print(f"fixed K={k}: {gens['fixed']} rollouts; adaptive: {gens['adaptive']} rollouts "
-          f"({1 - gens['adaptive'] / gens['fixed']:.1%} saved); label agreement {agree:.1%}")
-    engine.close()
+            r, g = probe_batch(engine, proto, tools if cond == "tools" else None, items, cond, p, seed, model)
+            rows += r
+            gens += g
+        runs[name] = ({l["id"]: l["label"] for l in label_items(rows)}, gens)
 
+    def agree(a: str, b: str) -> float:
+        la, lb = runs[a][0], runs[b][0]
+        return sum(la[i] == lb.get(i) for i in la) / len(la)
+
+    g_fixed, g_adapt = runs["fixed"][1], runs["adaptive"][1]
+    print(f"fixed K={k}: {g_fixed} rollouts; adaptive (first_round {adapt_p.adaptive.first_round}, "
+          f"round_size {adapt_p.adaptive.round_size}, min_correct {adapt_p.adaptive.min_correct}): {g_adapt} rollouts "
+          f"({1 - g_adapt / g_fixed:.1%} saved)")
+    print(f"label agreement: adaptive vs fixed {agree('adaptive', 'fixed'):.1%}; "
+          f"fixed vs fixed with another seed {agree('fixed_seed8', 'fixed'):.1%} (noise floor)")
 
 if __name__ == "__main__":
     main()
