@@ -106,7 +106,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 def _nested_field(cls: type, hints: Mapping[str, Any], name: str) -> list[str]:
     """['section.name'] when `name` is a field of one of `cls`'s nested dataclass sections (e.g. a key given one
-    level too high: train.search_penalty -> train.reward.search_penalty), else []."""
+    level too high, e.g. `probe.method` for `probe.judge.method`), else []."""
     for f in dataclasses.fields(cls):
         tp = hints.get(f.name)
         if dataclasses.is_dataclass(tp) and name in {g.name for g in dataclasses.fields(tp)}:

@@ -109,7 +109,7 @@ def test_paper_sequences_or_limits(tag):
     tt = [turn(R, call("text_search", "a")), tool("text_search"), turn(R, call("text_search", "b")),
           tool("text_search"), turn(f"{R}<answer>Paris</answer>")]
     assert _reward(tag, tt) == pytest.approx(0.81)  # not one of the paper's four sequences
-    assert _reward(tag, tt, RewardParams(sequences="limits")) == pytest.approx(0.91)  # 2 text searches allowed
+    assert _reward(tag, tt, RewardParams(format_sequences="limits")) == pytest.approx(0.91)  # 2 text searches allowed
 
 
 def test_limits_decide_the_format(tag):
@@ -122,7 +122,7 @@ def test_limits_decide_the_format(tag):
     loose = get_protocol("mmsearch_r1", Limits(max_turns=4, max_text_search=3))
     assert analyse(three_text, loose, sequences="limits").format_ok
     assert not analyse(three_text, loose, sequences="paper").format_ok
-    assert _reward(loose, three_text, RewardParams(sequences="limits")) == pytest.approx(0.91)
+    assert _reward(loose, three_text, RewardParams(format_sequences="limits")) == pytest.approx(0.91)
     # the paper's sequences still obey the limits: no image search when the limit is 0
     no_img = get_protocol("mmsearch_r1", Limits(max_image_search=0))
     assert _reward(no_img, [turn(R, call("search")), tool("search"), turn(f"{R}<answer>Paris</answer>")]) == pytest.approx(0.81)
@@ -176,8 +176,8 @@ def test_components_are_logged(tag):
 
 def test_registry_dotted_paths_and_weights(tag):
     assert {"paper", "accuracy", "format"} <= set(REGISTRY)
-    funcs, weights = reward_functions(RewardParams(functions=["accuracy", "format", "trainer.rewards:lenient_answer"],
-                                                   weights=[1.0, 0.5, 0.0]), tag, "tools")
+    funcs, weights = reward_functions(RewardParams(reward_functions=["accuracy", "format", "trainer.rewards:lenient_answer"],
+                                                   reward_weights=[1.0, 0.5, 0.0]), tag, "tools")
     assert weights == [1.0, 0.5, 0.0] and funcs[2].__name__ == "lenient_answer"
     c = [turn("<answer>Paris</answer>")]
     assert funcs[0](prompts=[[]], completions=[c], answer=[GOLD], aliases=[[]]) == [1.0]
@@ -197,10 +197,14 @@ def test_params_are_checked():
         build(RewardParams, {"search_penalti": 0.2})
     from trainer.config import TrainParams
 
-    with pytest.raises(ParamsError, match="'train.search_penalty'; did you mean 'train.reward.search_penalty'"):
-        build(TrainParams, {"search_penalty": 0.0}, prefix="train.")
+    # the reward settings are flat in the train section (dvc exp run -S train.search_penalty=0.0), and checked there
+    assert build(TrainParams, {"search_penalty": 0.0}, prefix="train.").search_penalty == 0.0
+    with pytest.raises(ParamsError, match="train: search_penalty must be in"):
+        build(TrainParams, {"search_penalty": 1.5}, prefix="train.")
+    with pytest.raises(ParamsError, match="'train.method'; did you mean 'train.judge.method'"):
+        build(TrainParams, {"method": "em"}, prefix="train.")
     with pytest.raises(ParamsError, match="weights"):
-        build(RewardParams, {"functions": ["paper"], "weights": [1.0, 2.0]})
+        build(RewardParams, {"reward_functions": ["paper"], "reward_weights": [1.0, 2.0]})
     with pytest.raises(ParamsError, match="llm"):
         build(RewardParams, {"judge": {"method": "llm"}})
     assert dataclasses.asdict(build(RewardParams, {}))["format_weight"] == 0.1

@@ -34,8 +34,8 @@ def warm_vlm(world, tiny_vlm_path):
 def _params(world, model, out, **kw):
     values = dict(model=model, train_file=str(world.train_file), output_dir=str(out), max_items=4, max_steps=1,
                   num_generations=4, per_device_train_batch_size=4, max_completion_length=700, save_steps=1,
-                  learning_rate=1e-4, temperature=1.0, reward={"functions": ["paper", "train_world:record_reward"],
-                                                           "weights": [1.0, 0.0]})
+                  learning_rate=1e-4, temperature=1.0, reward_functions=["paper", "train_world:record_reward"],
+                  reward_weights=[1.0, 0.0])
     values.update(kw)
     return build(TrainParams, values)
 
@@ -169,7 +169,7 @@ def test_vllm_colocate_cpu_weight_sync(world, warm_text, tmp_path):
     from trainer.grpo import build_trainer, save_final_model
 
     p = _params(world, warm_text, tmp_path / "train", max_steps=2, use_vllm=True, save_steps=10,
-                reward={"functions": ["paper"]})
+                reward_functions=["paper"])
     run = build_trainer(p, world.search, root=world.root)
     trainer = run.trainer
     trainer.train()

@@ -35,8 +35,10 @@ class LoraParams:
 
 
 @dataclasses.dataclass
-class TrainParams:
-    """GRPO training of the search policy (the `train:` section)."""
+class TrainParams(RewardParams):
+    """GRPO training of the search policy (the `train:` section). The reward settings (`RewardParams`:
+    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_sequences, judge) are
+    fields of this section too."""
 
     # --- model and start point ---
     model: str = param(
@@ -107,7 +109,6 @@ class TrainParams:
     precision: Literal["auto", "fp32", "bf16"] = param("auto", "training dtype: auto = bf16 on a GPU that supports it, else fp32")
     gradient_checkpointing: bool = param(False, "trade compute for memory in the backward pass")
     lora: LoraParams = param(factory=LoraParams, help="LoRA via peft")
-    reward: RewardParams = param(factory=RewardParams, help="reward functions and the constants of Eq. 1")
     # --- generation backend ---
     use_vllm: bool = param(False, "generate rollouts with vLLM (else transformers generate)")
     vllm_mode: Literal["colocate", "server"] = param(
@@ -136,7 +137,7 @@ class TrainParams:
         if self.resume not in ("latest", "never") and not self.resume.strip():
             raise ValueError("resume must be 'latest', 'never' or a checkpoint path")
         self.limits.validate()
-        self.reward.validate()
+        RewardParams.validate(self)
 
     # ------------------------------------------------------------------------------------------------------------
     @property

@@ -294,7 +294,7 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
                                            show_image, params.max_prompt_length, stage="train_eval")
         excluded += eval_excl
 
-    funcs, weights = reward_functions(params.reward, protocol, params.condition)
+    funcs, weights = reward_functions(params, protocol, params.condition)
     extra: dict[str, Any] = {}
     if params.use_vllm and params.vllm_mode == "colocate" and params.vllm_max_model_length <= 0:
         extra["vllm_max_model_length"] = params.max_prompt_length + params.max_completion_length

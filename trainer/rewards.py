@@ -7,7 +7,7 @@
 `acc` is the judged correctness of the final answer (pipeline/judge.py: EM after SQuAD normalisation against the
 answer and its aliases, SubEM, F1 or an LLM judge). `format` is 1 when the turn sequence is one the paper allows
 (answer; image -> answer; text -> answer; image -> text -> answer; each turn one action in the protocol's format,
-within the protocol limits; option `sequences: limits` accepts every sequence the limits allow), else 0.
+within the protocol limits; option `format_sequences: limits` accepts every sequence the limits allow), else 0.
 A rollout whose last turn still holds a tool call (TRL leaves the call of the last allowed turn unexecuted) has no
 answer: acc = 0, format = 0.
 
@@ -38,15 +38,16 @@ _TRL_TOOL_ERROR = re.compile(r"^\{['\"]error['\"]: ")
 
 @dataclasses.dataclass
 class RewardParams:
-    """The `train.reward` section: which reward functions, and the constants of the paper's Eq. 1."""
+    """Which reward functions, and the constants of the paper's Eq. 1. Its fields sit directly in the `train:` section
+    (`TrainParams` extends it), flat like TRL's GRPOConfig: `dvc exp run -S train.search_penalty=0.0`."""
 
-    functions: list[str] = param(
+    reward_functions: list[str] = param(
         ["paper"],
         "reward functions summed by GRPO: names from trainer.rewards.REGISTRY (paper = Eq. 1; accuracy; format) or "
         "dotted paths 'package.module:function' to a function with TRL's signature f(prompts, completions, "
         "completion_ids, **kwargs)",
     )
-    weights: list[float] = param([], "one weight per reward function (empty = all 1.0)")
+    reward_weights: list[float] = param([], "one weight per reward function (empty = all 1.0)")
     format_weight: float = param(0.1, "a in Eq. 1: weight of the format score (paper: 0.1)")
     search_penalty: float = param(
         0.1, "penalty on the accuracy of a correct answer that used search: acc x (1 - search_penalty) (paper: 0.1)"
@@ -54,7 +55,7 @@ class RewardParams:
     penalty_per_call: bool = param(
         False, "apply the search penalty once per tool call, acc x (1 - search_penalty) ** n_calls, instead of once"
     )
-    sequences: Literal["paper", "limits"] = param(
+    format_sequences: Literal["paper", "limits"] = param(
         "paper",
         "valid turn sequences for the format score: paper = only answer, image>answer, text>answer, "
         "image>text>answer (each also within the protocol limits); limits = any sequence the protocol limits allow "
@@ -71,11 +72,12 @@ class RewardParams:
             raise ValueError(f"format_weight must be in [0, 1], got {self.format_weight}")
         if not 0.0 <= self.search_penalty <= 1.0:
             raise ValueError(f"search_penalty must be in [0, 1], got {self.search_penalty}")
-        if not self.functions:
-            raise ValueError("functions: give at least one reward function (e.g. [paper])")
+        if not self.reward_functions:
+            raise ValueError("reward_functions: give at least one reward function (e.g. [paper])")
         self.judge.validate()
-        if self.weights and len(self.weights) != len(self.functions):
-            raise ValueError(f"weights has {len(self.weights)} entries for {len(self.functions)} functions")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_functions):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_functions)} "
+                             "reward_functions")
 
 
 @dataclasses.dataclass
@@ -198,7 +200,7 @@ class Scorer:
         questions = questions if questions is not None else [""] * len(completions)
         rows = []
         for completion, gold, al, q in zip(completions, answers, aliases, questions, strict=True):
-            traj = analyse(completion, self.protocol, self.condition, self.params.sequences)
+            traj = analyse(completion, self.protocol, self.condition, self.params.format_sequences)
             acc = self.accuracy(traj.answer, gold, _aliases(al), str(q or ""))
             rows.append(
                 {
@@ -277,6 +279,6 @@ def resolve(name: str, params: RewardParams, protocol: Any, condition: str = "to
 
 def reward_functions(params: RewardParams, protocol: Any, condition: str = "tools") -> tuple[list, list[float]]:
     """(reward functions, weights) for `GRPOTrainer(reward_funcs=...)` / `GRPOConfig(reward_weights=...)`."""
-    funcs = [resolve(name, params, protocol, condition) for name in params.functions]
-    weights = list(params.weights) if params.weights else [1.0] * len(funcs)
+    funcs = [resolve(name, params, protocol, condition) for name in params.reward_functions]
+    weights = list(params.reward_weights) if params.reward_weights else [1.0] * len(funcs)
     return funcs, weights
