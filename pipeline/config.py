@@ -105,8 +105,8 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 
 def _nested_field(cls: type, hints: Mapping[str, Any], name: str) -> list[str]:
-    """['section.name'] when `name` is a field of one of `cls`'s nested dataclass sections (e.g. a key given one
-    level too high, e.g. `probe.method` for `probe.judge.method`), else []."""
+    """['section.name'] when `name` is a field of one of `cls`'s nested dataclass sections, else []: a key given one
+    level too high, such as `probe.method` for `probe.judge.method`."""
     for f in dataclasses.fields(cls):
         tp = hints.get(f.name)
         if dataclasses.is_dataclass(tp) and name in {g.name for g in dataclasses.fields(tp)}:
