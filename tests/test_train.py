@@ -169,7 +169,7 @@ def test_vllm_colocate_cpu_weight_sync(world, warm_text, tmp_path):
     from trainer.grpo import build_trainer, save_final_model
 
     p = _params(world, warm_text, tmp_path / "train", max_steps=2, use_vllm=True, save_steps=10,
-                reward_functions=["paper"])
+                reward_functions=["paper"], reward_weights=[])
     run = build_trainer(p, world.search, root=world.root)
     trainer = run.trainer
     trainer.train()
