@@ -221,7 +221,20 @@ class Protocol:
         raise NotImplementedError
 
     def tool_result_message(self, result: Any, question: str, turn: int, last_turn: bool,
-                            with_images: bool = True, condition: str = "tools") -> dict:
+                            with_images: bool = True, condition: str = "tools", tool: str = "") -> dict:
+        """A `tool` message: the result blocks, then one text block with the question and the protocol's follow-up
+        instruction (which names the tools still allowed after this turn)."""
+        from pipeline.rollout.protocols.rendering import result_blocks
+
+        tools_left = tuple(t for t in condition_tools(condition)
+                           if not (t == IMAGE_SEARCH and self.limits.image_search_first_turn_only))
+        kind = tool or getattr(result, "tool", "") or TEXT_SEARCH
+        return {"role": "tool", "name": self.tool_names.get(kind, kind),
+                "content": result_blocks(result, with_images)
+                + [{"type": "text", "text": self.followup_text(question, tools_left, last_turn)}]}
+
+    def followup_text(self, question: str, tools_left: tuple[str, ...], last_turn: bool) -> str:
+        """The text after a tool result: the question again and what the model may do next."""
         raise NotImplementedError
 
     def assistant_message(self, text: str, action: Action | None = None) -> dict:

@@ -17,7 +17,6 @@ from pipeline.rollout.protocols.base import (
     ANSWER, IMAGE_SEARCH, INVALID, TEXT_SEARCH, Action, Limits, Protocol, condition_tools, image_bytes,
 )
 from pipeline.rollout.protocols.environment import make_environment
-from pipeline.rollout.protocols.rendering import result_blocks
 from pipeline.rollout.protocols.templates import MMSEARCH_R1_RESPONSE_TEMPLATE, MMSEARCH_R1_TEMPLATE
 
 _REASON = re.compile(r"<reason>(.*?)</reason>", re.S)
@@ -85,16 +84,10 @@ class MMSearchR1Protocol(Protocol):
             return Action(INVALID, reason=reason, raw=raw, error="<search> must contain only <img>")
         return Action(IMAGE_SEARCH, reason=reason, raw=raw)
 
-    def tool_result_message(self, result: Any, question: str, turn: int, last_turn: bool,
-                            with_images: bool = True, condition: str = "tools", tool: str = "") -> dict:
-        """A `tool` message whose content is the result blocks (inside <information>) + one text block with the
-        question and the follow-up instruction; the chat template renders it as the paper's user turn."""
-        tools_left = tuple(t for t in condition_tools(condition)
-                           if not (t == IMAGE_SEARCH and self.limits.image_search_first_turn_only))
-        follow = f"Question: {question}\n" + prompts.tag_followup(tools_left, last_turn)
-        kind = tool or getattr(result, "tool", "") or TEXT_SEARCH
-        return {"role": "tool", "name": self.tool_names.get(kind, kind),
-                "content": result_blocks(result, with_images) + [{"type": "text", "text": follow}]}
+    def followup_text(self, question: str, tools_left: tuple[str, ...], last_turn: bool) -> str:
+        """After the result blocks (inside <information>); the chat template renders the tool message as the
+        paper's user turn."""
+        return f"Question: {question}\n" + prompts.tag_followup(tools_left, last_turn)
 
     def tool_call_to_text(self, call: Mapping[str, Any]) -> str:
         f = call.get("function", call)

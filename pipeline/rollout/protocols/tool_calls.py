@@ -16,7 +16,6 @@ from pipeline.rollout.protocols.base import (
     ANSWER, IMAGE_SEARCH, INVALID, TEXT_SEARCH, Action, Limits, Protocol, condition_tools, image_bytes,
 )
 from pipeline.rollout.protocols.environment import make_environment
-from pipeline.rollout.protocols.rendering import result_blocks
 from pipeline.rollout.protocols.templates import TOOL_CALLS_RESPONSE_TEMPLATE, TOOL_CALLS_TEMPLATE
 
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
@@ -109,14 +108,8 @@ class ToolCallsProtocol(Protocol):
             return Action(INVALID, reason=reason, raw=raw, error="empty answer")
         return Action(ANSWER, answer=answer, reason=reason, raw=raw)
 
-    def tool_result_message(self, result: Any, question: str, turn: int, last_turn: bool,
-                            with_images: bool = True, condition: str = "tools", tool: str = "") -> dict:
-        tools_left = tuple(t for t in condition_tools(condition)
-                           if not (t == IMAGE_SEARCH and self.limits.image_search_first_turn_only))
-        follow = f"\nQuestion: {question}\n" + prompts.tool_followup(tools_left, last_turn)
-        kind = tool or getattr(result, "tool", "") or TEXT_SEARCH
-        return {"role": "tool", "name": self.tool_names.get(kind, kind),
-                "content": result_blocks(result, with_images) + [{"type": "text", "text": follow}]}
+    def followup_text(self, question: str, tools_left: tuple[str, ...], last_turn: bool) -> str:
+        return f"\nQuestion: {question}\n" + prompts.tool_followup(tools_left, last_turn)
 
     def tool_call_to_text(self, call: Mapping[str, Any]) -> str:
         f = call.get("function", call)
