@@ -1,14 +1,16 @@
 """Probe throughput: the batched multi-turn loop vs a naive loop, and adaptive vs fixed-K sampling.
 
-    python bench/bench_probe.py [--params params.yaml] [--items 32] [--samples 4] [--naive-items 4]
+    python bench/bench_probe.py [--params params.yaml] [--items 32] [--samples 4] [--naive-items 0]
                                 [--set engine.dtype=bfloat16 ...] [--only speed|adaptive]
 
 Uses the probe's model (data/bootstrap/model, or --model), items (data/dedup/items.parquet) and search tools (the
 `search:` section; the cache is warmed by the first pass so both loops see the same tool latency):
 1. batched: `run_rollouts` over all items at once (vLLM `n` samples per prompt, all live trajectories per turn);
-2. naive: the same engine, one item, one sample, one turn at a time (K separate calls with n=1 per item);
+2. naive: the same engine and items, one item, one sample, one turn at a time (K separate calls with n=1 per item;
+   `--naive-items N` runs only the first N items: quicker, but their rollouts need not cost the same as the batch's);
    rollouts/s of both, the speed-up, and the tokens each loop made the engine compute (prompt tokens not found in
-   the prefix cache, plus generated tokens) with the rate it computed them at;
+   the prefix cache, plus generated tokens) with the rate it computed them at. A prompt sampled n times is one
+   request: vLLM prefills it once and its n samples share the blocks;
 3. adaptive vs fixed K (closed_book and tools): generations played and agreement of the labels the two give, next
    to the agreement of two fixed-K runs with different seeds (the noise floor).
 Prints figures; writes nothing but the search cache.
@@ -29,7 +31,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default="")
     ap.add_argument("--items", type=int, default=32)
-    ap.add_argument("--naive-items", type=int, default=4)
+    ap.add_argument("--naive-items", type=int, default=0, help="naive loop over the first N items only (0 = all)")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--engine", default="vllm")
     ap.add_argument("--only", choices=("speed", "adaptive"), default=None, help="run one of the two comparisons")
@@ -79,7 +81,7 @@ def speed(engine, proto, tools, items, k, common, args) -> None:
 
     def naive_loop():
         rows = []
-        for it in items[: args.naive_items]:
+        for it in items[: args.naive_items or None]:
             for s in range(k):
                 rows += run_rollouts(engine, proto, tools, [it], "tools", 1, "em", sample_start=s,
                                      **{**common, "seed": 100 + s})
@@ -90,11 +92,10 @@ def speed(engine, proto, tools, items, k, common, args) -> None:
     print(f"engine {args.engine}, {len(items)} items x {k} samples (tools condition), "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     for name, rows, secs, c in (("batched", batched, tb, cb), ("naive", naive, tn, cn)):
-        computed = c.get("prompt", 0) - c.get("cached_prompt", 0) + c.get("completion", 0)
-        print(f"{name:8s} {len(rows)} rollouts in {secs:.1f} s = {len(rows) / secs:.2f} rollouts/s; per rollout: "
-              f"{c.get('prompt', 0) / len(rows):.0f} prompt tokens ({c.get('cached_prompt', 0) / len(rows):.0f} "
-              f"from the prefix cache), {c.get('completion', 0) / len(rows):.0f} generated; "
-              f"{computed / secs:.0f} computed tokens/s")
+        prompt, cached, gen = c.get("prompt", 0), c.get("cached_prompt", 0), c.get("completion", 0)
+        print(f"{name:8s} {len(rows)} rollouts in {secs:.1f} s = {len(rows) / secs:.2f} rollouts/s; "
+              f"{prompt} prompt tokens in engine requests ({cached} from the prefix cache), {gen} generated: "
+              f"{(prompt - cached + gen) / secs:.0f} computed tokens/s")
     print(f"speed-up {len(batched) / tb / (len(naive) / tn):.1f}x")
 
 
