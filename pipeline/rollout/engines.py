@@ -55,7 +55,7 @@ class EngineParams:
     gpu_memory_utilization: float = param(0.85, help="vllm on CUDA: share of GPU memory to use")
     tensor_parallel_size: int = param(1, help="vllm: GPUs per engine")
     kv_cache_gib: int = param(1, help="vllm-cpu: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE); size it to hold a whole batch's conversations, or vLLM evicts cached prefixes and recomputes them")
-    enforce_eager: bool = param(True, help="vllm: no CUDA graphs / compilation (faster start-up; needed on CPU)")
+    enforce_eager: bool = param(True, help="vllm: no CUDA graphs / torch.compile (faster start-up); false works on CPU too: about 60 s to compile once, then 15-20% faster")
     enable_prefix_caching: bool = param(True, help="vllm: reuse the KV cache of shared prompt prefixes")
     block_size: int = param(0, help="vllm: tokens per KV-cache block, the prefix cache's unit (0 = vLLM's default: 128 on CPU, 16 on CUDA)")
     seed_mode: str = param("auto", help="auto | engine (re-seed the in-process sampler per call; CPU) | request (per-request seeds; CUDA)")
