@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.hamming import hamming_pairs, plan_blocks, popcount  # noqa: E402
-from pipeline.imagehashing import HashSpec, hash_files  # noqa: E402
+from pipeline.dedup.hamming import hamming_pairs, plan_blocks, popcount  # noqa: E402
+from pipeline.dedup.hashing import HashSpec, hash_files  # noqa: E402
 
 
 def synthetic_items(n: int, path: Path) -> None:

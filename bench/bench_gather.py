@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.images import ImageParams
-from pipeline.sources.base import SourceParams
-from pipeline.sources.collect import gather_rows
-from pipeline.sources.local import read_local
+from pipeline.gather.base import SourceParams
+from pipeline.gather.collect import gather_rows
+from pipeline.gather.local import read_local
 
 
 def make_images(root: Path, n: int, size: tuple[int, int]) -> Path:

@@ -105,7 +105,7 @@ def adaptive_vs_fixed(engine, proto, tools, items, k, params, model) -> None:
     (the agreement two independent fixed-K runs reach: the noise floor of any comparison)."""
     import dataclasses
 
-    from pipeline.label import label_items
+    from pipeline.curate.label import label_items
     from stages.probe import AdaptiveParams, probe_batch
 
     fixed_p = dataclasses.replace(params, samples=k, adaptive=AdaptiveParams(enabled=False))

@@ -63,8 +63,8 @@ def dir_size(path: Path) -> int:
 def bench_demo_text(work: Path, n_queries: int) -> dict:
     from pipeline.search.config import LocalParams
     from pipeline.search.local_text import LocalTextBackend, build_text_index
-    from pipeline.sources import demo_data
-    from pipeline.sources.demo import DemoParams, passage_rows
+    from pipeline.gather import demo_data
+    from pipeline.gather.demo import DemoParams, passage_rows
 
     rows = passage_rows(DemoParams())
     res = build_text_index(rows, work / "demo_text", "demo")
@@ -116,8 +116,8 @@ def bench_image(work: Path, n_total: int, n_queries: int) -> dict:
     from pipeline.search.config import LocalParams
     from pipeline.search.embed import COLOR_DIM, IMAGE_DIM, color_layout, decode_rgb, shared_image_embedder
     from pipeline.search.local_image import ImageIndex, LocalImageBackend, build_image_index, image_features
-    from pipeline.sources.demo import DemoParams, image_rows
-    from pipeline.sources.rephoto import rephotograph
+    from pipeline.gather.demo import DemoParams, image_rows
+    from pipeline.gather.rephoto import rephotograph
 
     rows = image_rows(ImageParams())
     t0 = time.perf_counter()

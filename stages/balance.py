@@ -28,7 +28,7 @@ class Params:
     strata: list[str] = param(["category", "source"], help="item columns whose values define a stratum")
 
     def validate(self) -> None:
-        from pipeline.balance import SPLITS
+        from pipeline.curate.balance import SPLITS
         from pipeline.schema import ITEM_COLUMNS, SEARCH_REQUIRED
 
         if not 0.0 <= self.search_required_share <= 1.0:
@@ -56,9 +56,9 @@ def run(params: Params, args) -> int:
 
     import pyarrow.parquet as pq
 
-    from pipeline import balance as bl
+    from pipeline.curate import balance as bl
     from pipeline.io import exclusion, write_exclusions, write_json
-    from pipeline.plots import write_plots
+    from pipeline.curate.plots import write_plots
     from pipeline.schema import EXCLUSION_FEATURES, SEARCH_REQUIRED, to_json
 
     root = Path(getattr(args, "root", ".") or ".")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from pipeline.config import param
-from pipeline.evalsets import EvalSet
+from pipeline.dedup.contamination import EvalSet
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Params:
     examples: int = param(20, help="examples per section of report.json")
 
     def validate(self) -> None:
-        from pipeline.imagehashing import METHODS
+        from pipeline.dedup.hashing import METHODS
 
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
@@ -58,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(params: Params, args) -> int:
     from pathlib import Path
 
-    from pipeline import dedup as dd
-    from pipeline.evalsets import load_eval_set
-    from pipeline.imagehashing import HashSpec, hash_files, hash_many
+    from pipeline.dedup import clusters as dd
+    from pipeline.dedup.contamination import load_eval_set
+    from pipeline.dedup.hashing import HashSpec, hash_files, hash_many
     from pipeline.io import exclusion, progress, write_exclusions, write_json
     from pipeline.schema import to_json
 

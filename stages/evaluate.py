@@ -16,7 +16,7 @@ Writes: <out_dir>/rollouts.parquet (every trajectory: ROLLOUT_FEATURES + dataset
 Resumable: each model x dataset x mode is one unit written atomically; a killed run skips finished units. The parts
         folder is keyed by a fingerprint of the model weights, the selected items and every setting that shapes
         the rollouts, so changed inputs never reuse stale parts.
-Metric definitions: pipeline/evaluation.py. Modes: pipeline/eval_modes.py.
+Metric definitions: pipeline/evaluate/metrics.py. Modes: pipeline/evaluate/modes.py.
 Does not support: several engines at once (models are evaluated one after the other, one engine each); an LLM
         judge without an OpenAI-compatible endpoint; sharding across machines.
 """
@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 
 from pipeline.config import param
-from pipeline.eval_data import DatasetParams
-from pipeline.eval_modes import MODES, RagParams
+from pipeline.evaluate.data import DatasetParams
+from pipeline.evaluate.modes import MODES, RagParams
 from pipeline.judge import JudgeParams
 from pipeline.rollout.engines import EngineParams, Sampling
 from pipeline.rollout.protocols import Limits
@@ -77,7 +77,7 @@ class Params:
     parts_dir: str = param("data/evaluate_parts", help="finished units while a run is in progress (resume state)")
 
     def validate(self) -> None:
-        from pipeline.eval_data import NAME_RE
+        from pipeline.evaluate.data import NAME_RE
 
         if not self.models:
             raise ValueError("models: give at least one {name, path}")
@@ -161,7 +161,7 @@ def _index_state(search) -> dict:
 def _rows_table(rows: list[dict]):
     import datasets
 
-    from pipeline.eval_modes import EVAL_ROLLOUT_FEATURES
+    from pipeline.evaluate.modes import EVAL_ROLLOUT_FEATURES
 
     if not rows:
         return EVAL_ROLLOUT_FEATURES.arrow_schema.empty_table()
@@ -175,10 +175,10 @@ def run(params: Params, args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.eval_data import load_dataset, select_items
-    from pipeline.eval_modes import run_mode
-    from pipeline.eval_report import render_table, with_summaries, write_plots
-    from pipeline.evaluation import metrics_by_group
+    from pipeline.evaluate.data import load_dataset, select_items
+    from pipeline.evaluate.modes import run_mode
+    from pipeline.evaluate.report import render_table, with_summaries, write_plots
+    from pipeline.evaluate.metrics import metrics_by_group
     from pipeline.io import progress, write_exclusions, write_json
     from pipeline.models import ModelError, folder_digest
     from pipeline.rollout.engines import derive_seed, make_engine

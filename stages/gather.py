@@ -1,6 +1,6 @@
 """Gather one source into items, a quarantine table and metrics (the demo world also writes the search corpora).
 
-Reads: the source named by --source: `demo` (packaged data, see pipeline/sources/demo.py) or an entry of
+Reads: the source named by --source: `demo` (packaged data, see pipeline/gather/demo.py) or an entry of
 `gather.sources` (local files, a Hugging Face dataset, an MMSearch-R1/veRL parquet).
 Writes: <out_dir>/<source>/items.parquet (ITEM_FEATURES), quarantine.parquet (one row + reason per bad input),
 metrics.json (rows in, items out, quarantined by reason); for demo also bootstrap.parquet and
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pipeline.config import param
 from pipeline.images import ImageParams
-from pipeline.sources.base import SourceParams
-from pipeline.sources.demo import DemoParams
+from pipeline.gather.base import SourceParams
+from pipeline.gather.demo import DemoParams
 
 
 @dataclasses.dataclass
@@ -43,9 +43,9 @@ def add_arguments(parser) -> None:
 
 
 def run(params: Params, args) -> int:
-    from pipeline.sources import read_source
-    from pipeline.sources.collect import gather_rows, write_outputs
-    from pipeline.sources.demo import build_demo_world
+    from pipeline.gather import read_source
+    from pipeline.gather.collect import gather_rows, write_outputs
+    from pipeline.gather.demo import build_demo_world
 
     name = args.source
     if name == "demo":

@@ -5,7 +5,7 @@ Writes: <out_dir>/labels.parquet (LABEL_FEATURES: label, rule_version, pass rate
         confidence, reason) for items with a usable label; <out_dir>/exclusions.parquet (EXCLUSION_FEATURES):
         unanswerable items (with the evidence summary) and items that were not probed; <out_dir>/metrics.json
         (counts and shares per label, pass rates, rule version). Items in = labelled + excluded.
-The rule (`pipeline.label`, RULE_VERSION) is documented there; its thresholds are `rule.*` below.
+The rule (`pipeline.curate.label`, RULE_VERSION) is documented there; its thresholds are `rule.*` below.
 Does not support: mixing evidence of different models (the evidence's model column is reported, not checked).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from pipeline.config import param
-from pipeline.label import RuleParams
+from pipeline.curate.label import RuleParams
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ def run(params: Params, args) -> int:
     import pyarrow.parquet as pq
 
     from pipeline.io import exclusion, write_exclusions, write_json
-    from pipeline.label import RULE_VERSION, label_items
+    from pipeline.curate.label import RULE_VERSION, label_items
     from pipeline.schema import LABEL_FEATURES, LABELS, read_items, write_table
 
     items = read_items(params.items)

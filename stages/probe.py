@@ -127,7 +127,7 @@ def fingerprint(params: Params, condition: str, model_path: str, item_ids: list[
 def probe_batch(engine, protocol, tools, items: list[dict], condition: str, params: Params, batch_seed: int,
                 model_name: str) -> tuple[list[dict], int]:
     """Rollouts of one batch (fixed K, or adaptive rounds); returns (rows, generations requested)."""
-    from pipeline.label import RuleParams, settled
+    from pipeline.curate.label import RuleParams, settled
     from pipeline.rollout.loop import run_rollouts
 
     common = dict(judge_cfg=params.judge, sampling=params.sampling, with_image=params.with_image,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.config import param
-from pipeline.verl import VerlParams
+from pipeline.publish.verl import VerlParams
 
 DEFAULT_METRICS = {
     "gather": ["data/gather/*/metrics.json"],
@@ -98,7 +98,7 @@ def _human(n: int) -> str:
 
 
 def run(params: Params, args) -> int:
-    from pipeline.hub import PublishError, PushRefused, manifest, push_folder
+    from pipeline.publish.folder import PublishError, PushRefused, manifest, push_folder
     from pipeline.io import write_exclusions, write_json
 
     root = Path(".")
@@ -109,7 +109,7 @@ def run(params: Params, args) -> int:
         print("error: --push needs --repo-id ORG/NAME", file=sys.stderr)
         return 2
     if push:  # refuse before the build when the push cannot happen anyway
-        from pipeline.hub import check_push_ready
+        from pipeline.publish.folder import check_push_ready
 
         try:
             check_push_ready(repo_id)
@@ -117,7 +117,7 @@ def run(params: Params, args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
-        from pipeline.hub import build_dataset
+        from pipeline.publish.folder import build_dataset
 
         result = build_dataset(params, root, repo_id=repo_id, params_file=getattr(args, "params", "params.yaml"))
     except PublishError as exc:

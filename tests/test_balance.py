@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import balance as bl
+from pipeline.curate import balance as bl
 from pipeline.schema import LABEL_FEATURES, LABELS, SEARCH_REQUIRED, write_table
 from test_dedup import _run_stage as run_dedup_stage
 from test_dedup import cropped, encode, make_item, reencoded, resized, synth

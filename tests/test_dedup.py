@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline import dedup as dd
-from pipeline.evalsets import EvalSet, load_eval_set
-from pipeline.hamming import brute_force_pairs, hamming_pairs
-from pipeline.imagehashing import HashSpec, hash_files, hash_many
+from pipeline.dedup import clusters as dd
+from pipeline.dedup.contamination import EvalSet, load_eval_set
+from pipeline.dedup.hamming import brute_force_pairs, hamming_pairs
+from pipeline.dedup.hashing import HashSpec, hash_files, hash_many
 from pipeline.schema import make_item_id, sha1_hex, write_items
 
 from shared_fixtures import MMSEARCH_R1_MINI, require_shared_fixture, shared_fixture

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.evaluation import (
+from pipeline.evaluate.metrics import (
     METRIC_KEYS, compute_metrics, is_correct, mean_or_none, metrics_by_group, search_calls,
     search_reduction, searched, subset_of, tool_call_outcomes,
 )

@@ -3,8 +3,8 @@ import csv
 
 import pytest
 
-from pipeline.eval_report import plot_records, render_table, with_summaries, write_plots
-from pipeline.evaluation import METRIC_KEYS
+from pipeline.evaluate.report import plot_records, render_table, with_summaries, write_plots
+from pipeline.evaluate.metrics import METRIC_KEYS
 
 
 def metrics(acc, sr, **kw):

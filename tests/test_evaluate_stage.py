@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.eval_data import DatasetParams, load_dataset, select_items
+from pipeline.evaluate.data import DatasetParams, load_dataset, select_items
 from pipeline.schema import write_items
 
 LABEL_CYCLE = ["search_free", "image_search_required", "text_search_required", "mixed_search_required"]
@@ -73,7 +73,7 @@ def _without_latency(path):
 
 
 def test_evaluate_end_to_end_and_resume(world, tiny_text_model_path):
-    from pipeline.evaluation import metrics_by_group
+    from pipeline.evaluate.metrics import metrics_by_group
 
     w, labels, warmed = world
     root = w.root
@@ -193,7 +193,7 @@ def test_select_items_is_seeded_stratified_and_order_free():
 
 @pytest.mark.parametrize("name", ["mmsearch_r1", "tool_calls"])
 def test_forced_workflow_turns_parse_back_in_both_protocols(name):
-    from pipeline.eval_modes import forced_text
+    from pipeline.evaluate.modes import forced_text
     from pipeline.rollout.protocols import get_protocol
 
     proto = get_protocol(name)
@@ -206,7 +206,7 @@ def test_forced_workflow_turns_parse_back_in_both_protocols(name):
 
 
 def test_rag_query():
-    from pipeline.eval_modes import rag_query
+    from pipeline.evaluate.modes import rag_query
 
     assert rag_query("What is the capital\nof it?", ["Flag of Peru", "x"], "title_question") == \
         "Flag of Peru What is the capital of it?"

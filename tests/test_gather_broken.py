@@ -18,9 +18,9 @@ from PIL import Image
 
 from pipeline.images import ImageError, ImageParams, normalize_image
 from pipeline.schema import read_items, validate_item
-from pipeline.sources.base import SourceParams
-from pipeline.sources.collect import gather_rows, write_outputs
-from pipeline.sources.local import read_local
+from pipeline.gather.base import SourceParams
+from pipeline.gather.collect import gather_rows, write_outputs
+from pipeline.gather.local import read_local
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The label rule (pipeline/label.py) on hand-made evidence, edge cases included, and the label stage's outputs."""
+"""The label rule (pipeline/curate/label.py) on hand-made evidence, edge cases included, and the label stage's outputs."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.label import RULE_VERSION, RuleParams, label_item, label_items, settled
+from pipeline.curate.label import RULE_VERSION, RuleParams, label_item, label_items, settled
 
 
 def R(cond, correct, img=0, txt=0, error="", item="a"):

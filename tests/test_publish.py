@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
-from pipeline.cards import validate_card
+from pipeline.publish.card import validate_card
 from pipeline.config import build
-from pipeline.hub import PublishError, build_dataset, manifest, validate_folder
+from pipeline.publish.folder import PublishError, build_dataset, manifest, validate_folder
 from stages.publish import Params as PublishParams
 from pipeline.schema import EXCLUSION_FEATURES, LABELS, ROLLOUT_FEATURES
 from test_publish_world import SPLIT_SIZES, make_world, publishable

@@ -1,4 +1,4 @@
-"""Acceptance on the demo world (pipeline/sources/demo.py): image search finds the entity of re-photographed query
+"""Acceptance on the demo world (pipeline/gather/demo.py): image search finds the entity of re-photographed query
 images (top-1 >= 90%, top-5 >= 98%) and text search puts the right article first for "capital of X" (>= 90%)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipeline.search import SearchParams, SearchTools
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from pipeline.sources.demo import DemoParams, build_demo_world
+    from pipeline.gather.demo import DemoParams, build_demo_world
     from stages.index import Params, run
 
     root = tmp_path_factory.mktemp("demo")
@@ -28,7 +28,7 @@ def test_image_search_on_demo_query_photos(demo):
     from PIL import Image
 
     from pipeline.schema import read_items
-    from pipeline.sources.rephoto import rephotograph
+    from pipeline.gather.rephoto import rephotograph
 
     root, params, tools = demo
     corpus = pq.read_table(root / "data/corpora/images.parquet").to_pylist()

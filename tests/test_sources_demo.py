@@ -14,8 +14,8 @@ from PIL import Image
 
 from pipeline.images import ImageParams
 from pipeline.schema import read_items, validate_item
-from pipeline.sources import demo_data
-from pipeline.sources.demo import COUNTRY_KINDS, DemoParams, build_demo_world, country_fact, read_demo
+from pipeline.gather import demo_data
+from pipeline.gather.demo import COUNTRY_KINDS, DemoParams, build_demo_world, country_fact, read_demo
 
 SMALL = DemoParams(seed=7).small()
 FILES = ("gather/demo/items.parquet", "gather/demo/bootstrap.parquet", "gather/demo/quarantine.parquet",

@@ -14,10 +14,10 @@ from PIL import Image
 
 from pipeline.config import ParamsError, build
 from pipeline.images import ImageParams
-from pipeline.sources import read_source
-from pipeline.sources.base import SourceParams
-from pipeline.sources.collect import gather_rows
-from pipeline.sources.mmsearch_r1 import question_from_prompt
+from pipeline.gather import read_source
+from pipeline.gather.base import SourceParams
+from pipeline.gather.collect import gather_rows
+from pipeline.gather.mmsearch_r1 import question_from_prompt
 
 from shared_fixtures import MMSEARCH_R1_MINI, shared_fixture
 

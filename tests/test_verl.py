@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
-from pipeline.hub import build_dataset
+from pipeline.publish.folder import build_dataset
 from stages.publish import Params as PublishParams
 from pipeline.schema import LABELS
-from pipeline.verl import PLACEHOLDER_MMSEARCH_R1_PROMPT, VERL_SHARED_SCHEMA, VerlParams, candidate_answers, export_split
+from pipeline.publish.verl import PLACEHOLDER_MMSEARCH_R1_PROMPT, VERL_SHARED_SCHEMA, VerlParams, candidate_answers, export_split
 from test_publish_world import make_world
 
 from shared_fixtures import MMSEARCH_R1_MINI, shared_fixture
@@ -101,10 +101,10 @@ def _pixels(data: bytes) -> np.ndarray:
 
 
 def test_roundtrip_through_the_gather_importer(exported):
-    sources = pytest.importorskip("pipeline.sources.mmsearch_r1")
+    sources = pytest.importorskip("pipeline.gather.mmsearch_r1")
     from pipeline.images import ImageParams
-    from pipeline.sources.base import SourceParams
-    from pipeline.sources.convert import process_row
+    from pipeline.gather.base import SourceParams
+    from pipeline.gather.convert import process_row
 
     root, splits, result = exported
     params = SourceParams(kind="mmsearch_r1", path=str(root / "data/publish/verl/train.parquet"))

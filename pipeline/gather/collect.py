@@ -16,7 +16,7 @@ from typing import Iterable
 from pipeline.images import ImageParams
 from pipeline.io import write_exclusions, write_json
 from pipeline.schema import ITEM_COLUMNS, ITEM_FEATURES, write_items, write_table
-from pipeline.sources.convert import finalize, process_row
+from pipeline.gather.convert import finalize, process_row
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Evaluation report: the Table-1-shaped Markdown table, the flat metrics JSON and the accuracy-vs-search plots.
 
-Inputs are the nested metrics of `pipeline.evaluation.metrics_by_group` ({model: {mode: {dataset: metrics}}});
+Inputs are the nested metrics of `pipeline.evaluate.metrics.metrics_by_group` ({model: {mode: {dataset: metrics}}});
 `render_table` and `plot_records` are pure, `write_plots` writes CSV plot data (for `dvc plots`) and one PNG.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.evaluation import mean_or_none, search_reduction
+from pipeline.evaluate.metrics import mean_or_none, search_reduction
 
 MODE_TITLES = {"direct": "Direct answer", "rag": "RAG workflow", "on_demand": "On-demand search"}
 AVG = "avg"
@@ -107,7 +107,7 @@ def render_table(metrics: Nested, models: Sequence[str], modes: Sequence[str], d
         "",
         "Acc req. / Acc free: accuracy on the search-required / search-free items. Over-search: share of search-free "
         "trajectories that searched. Under-search: share of search-required trajectories that answered wrongly "
-        "without searching. Definitions: `pipeline/evaluation.py`.",
+        "without searching. Definitions: `pipeline/evaluate/metrics.py`.",
         "",
     ]
     return "\n".join(lines)

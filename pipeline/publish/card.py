@@ -22,10 +22,10 @@ import yaml
 
 from pipeline.schema import LABELS, SEARCH_REQUIRED
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data_cards"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "data_cards"
 DEFAULT_TEMPLATE = "dataset_card.md.jinja"
 
-# What each label means (documentation of the rule's classes; the rule itself lives in pipeline/label.py).
+# What each label means (documentation of the rule's classes; the rule itself lives in pipeline/curate/label.py).
 LABEL_MEANINGS = {
     "search_free": "the probe model answers correctly without any tool (closed book) often enough",
     "image_search_required": "it fails closed book but succeeds once image search is available",
@@ -121,7 +121,7 @@ def fmt(v: Any) -> str:
 
 def load_metrics(sections: Mapping[str, Iterable[str]], root: Path) -> dict[str, MetricsSection]:
     """{section: MetricsSection} from glob patterns relative to `root` (unreadable JSON counts as missing)."""
-    from pipeline.hub import expand
+    from pipeline.publish.folder import expand
 
     out = {}
     for name, patterns in sections.items():

@@ -2,8 +2,8 @@
 
 Definitions (all deterministic; item order = sources in the order given, rows in file order):
 - Two images are near-duplicates when the full perceptual hash of one is within `threshold` bits of the full hash
-  or of a crop-window hash of the other (`pipeline.imagehashing`). Search is multi-index hashing
-  (`pipeline.hamming`), never all pairs. Image groups are the connected components of that relation.
+  or of a crop-window hash of the other (`pipeline.dedup.hashing`). Search is multi-index hashing
+  (`pipeline.dedup.hamming`), never all pairs. Image groups are the connected components of that relation.
 - An item is a duplicate when an earlier item is in the same image group (or both have no image) AND has the same
   normalised question AND the same normalised answer; it is excluded with reason "duplicate" and the kept id in
   the detail. Same image and question with a different answer is a conflict, not a duplicate: both stay (one
@@ -31,9 +31,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.evalsets import EvalData
-from pipeline.hamming import hamming_pairs, popcount
-from pipeline.imagehashing import NO_IMAGE
+from pipeline.dedup.contamination import EvalData
+from pipeline.dedup.hamming import hamming_pairs, popcount
+from pipeline.dedup.hashing import NO_IMAGE
 from pipeline.schema import sha1_hex
 
 META_COLUMNS = ("id", "source", "category", "entity", "question", "answer", "image_sha1")

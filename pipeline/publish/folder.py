@@ -4,7 +4,7 @@ Reads:  the balanced splits (item columns + label columns with the label as a st
         parquets (ROLLOUT_FEATURES), the search-cache export (key, tool, backend, backend_version, input,
         result_json, error) and exclusion tables (EXCLUSION_FEATURES).
 Writes: `<folder>/data/<config>/<split>-0000i-of-0000n.parquet` (HF features in the Arrow schema metadata);
-        the card (README.md) is written by `pipeline.cards`. `push_folder` uploads a folder in one Hub commit.
+        the card (README.md) is written by `pipeline.publish.card`. `push_folder` uploads a folder in one Hub commit.
 
 Configs: `default` (the splits; label as ClassLabel over `pipeline.schema.LABELS`, image as Image, aliases as a
 list), `probe_evidence`, `search_cache` and `exclusions` (one `train` split each).
@@ -364,7 +364,7 @@ def manifest(folder: Path) -> list[dict]:
 def validate_folder(folder: Path) -> list[str]:
     """Problems that make the folder unfit to publish ([] when fine): the card (YAML header, configs, dataset_info)
     and every shard's schema against the card's features; labels in range; splits sharing no id or cluster."""
-    from pipeline.cards import validate_card
+    from pipeline.publish.card import validate_card
 
     folder = Path(folder)
     readme = folder / "README.md"
@@ -560,7 +560,7 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
     folder in place."""
     import shutil
 
-    from pipeline import cards
+    from pipeline.publish import card as cards
     from pipeline.io import progress
 
     root = Path(root)
@@ -636,7 +636,7 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
     excl_counts = collections_counter(f"{s}\x1f{r}" for s, r in zip(excl.column("stage").to_pylist(), excl.column("reason").to_pylist()))
     rule_versions = sorted({r for v in prepared.values() for r in v.table.column("rule_version").to_pylist()} - {None})
     try:
-        from pipeline.label import RULE_VERSION as rule_version_code  # type: ignore
+        from pipeline.curate.label import RULE_VERSION as rule_version_code  # type: ignore
     except ImportError:
         rule_version_code = ""
     rid = repo_id or p.repo_id or "ORG/NAME"
@@ -684,7 +684,7 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
 
     verl_rows = {}
     if p.verl.enabled:
-        from pipeline.verl import export_split
+        from pipeline.publish.verl import export_split
 
         for s, table in configs[0].splits.items():  # the published (scrubbed) default config
             verl_rows[s] = export_split(table, s, root / p.verl.out_dir / f"{s}.parquet", p.verl)

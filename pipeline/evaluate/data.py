@@ -100,8 +100,8 @@ def _read_items_format(name: str, p: DatasetParams) -> EvalDataset:
 
 def _read_source_format(name: str, p: DatasetParams) -> EvalDataset:
     from pipeline.images import ImageParams
-    from pipeline.sources import SourceParams, read_source
-    from pipeline.sources.convert import finalize, process_row
+    from pipeline.gather import SourceParams, read_source
+    from pipeline.gather.convert import finalize, process_row
 
     src = SourceParams(kind=p.format, path=p.path, columns=dict(p.columns), require_image=p.require_image)
     src.validate()

@@ -29,9 +29,9 @@ import datasets
 from pipeline.config import param
 from pipeline.images import ImageParams, normalize_image
 from pipeline.schema import sha1_hex, write_table
-from pipeline.sources import demo_data
-from pipeline.sources.base import FileImage, raw_row
-from pipeline.sources.rephoto import JitterParams, rephotograph
+from pipeline.gather import demo_data
+from pipeline.gather.base import FileImage, raw_row
+from pipeline.gather.rephoto import JitterParams, rephotograph
 
 PASSAGE_FEATURES = datasets.Features({
     "passage_id": datasets.Value("string"),
@@ -357,7 +357,7 @@ def build_demo_world(
     Writes items.parquet, bootstrap.parquet, quarantine.parquet, metrics.json (returned, with corpus counts).
     """
     from pipeline.io import write_json
-    from pipeline.sources.collect import gather_rows, write_outputs
+    from pipeline.gather.collect import gather_rows, write_outputs
 
     params = params or DemoParams()
     image = image or ImageParams()

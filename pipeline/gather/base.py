@@ -1,7 +1,7 @@
 """What every source yields (raw rows) and how a source is configured (SourceParams).
 
 A source module reads its input and yields raw rows: plain dicts with the keys below, values still unchecked
-(text may be bytes, the image may be a path, bytes or a lazy recipe). `pipeline.sources.convert` turns them into
+(text may be bytes, the image may be a path, bytes or a lazy recipe). `pipeline.gather.convert` turns them into
 items or quarantine rows. Reads/writes nothing by itself.
 
 Raw row keys:

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.sources.base import SourceParams, raw_row
-from pipeline.sources.local import data_files
+from pipeline.gather.base import SourceParams, raw_row
+from pipeline.gather.local import data_files
 
 _PLACEHOLDER = re.compile(r"<image>|<\|image_pad\|>|<\|vision_start\|>|<\|vision_end\|>|<img>")
 _QUESTION = re.compile(r"(?:^|\n)\s*Question\s*:\s*(.+?)(?:\n\s*\n|\Z)", re.S | re.I)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.sources.base import SourceParams, map_record
+from pipeline.gather.base import SourceParams, map_record
 
 
 def load_hf(params: SourceParams):

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.sources.base import SourceParams, map_record, raw_row
+from pipeline.gather.base import SourceParams, map_record, raw_row
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 

@@ -1,0 +1,1 @@
+"""Curate: the label rule over probe evidence (label), split balancing (balance), plots."""
