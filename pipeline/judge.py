@@ -38,17 +38,21 @@ def _golds(golds: str | Iterable[str]) -> list[str]:
     return [g for g in (str(x) for x in golds if x is not None) if normalize_answer(g)]
 
 
+def _strings(golds: str | Iterable[str]) -> list[str]:
+    return [golds] if isinstance(golds, str) else [g for g in golds if isinstance(g, str)]
+
+
 def exact_match(pred: str, golds: str | Iterable[str]) -> bool:
-    """True when the normalised prediction equals one normalised gold answer (empty golds never match)."""
+    """The paper's EM: the normalised prediction equals one normalised gold answer (non-string golds are skipped)."""
     p = normalize_answer(pred)
-    return bool(p) and any(p == normalize_answer(g) for g in _golds(golds))
+    return any(p == normalize_answer(g) for g in _strings(golds))
 
 
 def sub_em(pred: str, golds: str | Iterable[str]) -> bool:
-    """True when a normalised gold answer occurs in the normalised prediction as whole words
-    ("paris" in "it is paris france", but not "india" in "indian")."""
-    p = f" {normalize_answer(pred)} "
-    return any(f" {normalize_answer(g)} " in p for g in _golds(golds))
+    """The paper's SubEM: a normalised gold answer is a substring of the normalised prediction ("india" counts in
+    "indian", as in the released scorer)."""
+    p = normalize_answer(pred)
+    return any(normalize_answer(g) in p for g in _strings(golds))
 
 
 def f1(pred: str, golds: str | Iterable[str]) -> float:

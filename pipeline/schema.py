@@ -150,14 +150,15 @@ ROLLOUT_FEATURES = datasets.Features(
         "protocol": datasets.Value("string"),  # mmsearch_r1 | tool_calls
         "saw_image": datasets.Value("bool"),  # False for a text-only model: it must rely on image search
         "messages": datasets.Value("string"),  # JSON list of chat messages (images replaced by {"type": "image", "sha1"})
-        "actions": datasets.Sequence(datasets.Value("string")),  # per assistant turn, one of ACTIONS
-        "tool_calls": datasets.Value("string"),  # JSON list of {tool, query, cache_key, error, n_results}
-        "n_image_search": datasets.Value("int32"),
-        "n_text_search": datasets.Value("int32"),
-        "final_answer": datasets.Value("string"),  # "" when the rollout gave no answer
+        "actions": datasets.Sequence(datasets.Value("string")),  # per model turn, the scorer's kind (one of ACTIONS)
+        "tool_calls": datasets.Value("string"),  # JSON list of call records (pipeline/rollout/step.py)
+        "n_image_search": datasets.Value("int32"),  # executed image searches
+        "n_text_search": datasets.Value("int32"),  # executed text searches
+        "search_count": datasets.Value("int32"),  # the scorer's search count (the reward's penalty counts these)
+        "final_answer": datasets.Value("string"),  # the scorer's answer; "" when the last turn has none
         "correct": datasets.Value("bool"),  # judged against answer + aliases (judge method below)
         "judge": datasets.Value("string"),  # em | subem | f1 | llm
-        "valid_format": datasets.Value("bool"),  # every turn parsed into a valid action and limits were kept
+        "valid_format": datasets.Value("bool"),  # the scorer's format rule (pipeline/rollout/score.py)
         "prompt_tokens": datasets.Value("int32"),
         "completion_tokens": datasets.Value("int32"),
         "latency_s": datasets.Value("float32"),

@@ -59,7 +59,6 @@ class Params:
     samples: int = param(1, help="rollouts per item and mode (1 with greedy decoding)")
     seed: int = param(0, help="seed of the item choice and of generation")
     protocol: str = param("mmsearch_r1", help="mmsearch_r1 (the paper's tags) | tool_calls (native tool calling)")
-    require_reason: bool = param(True, help="mmsearch_r1: a turn must start with <reason>...</reason>")
     limits: Limits = param(factory=Limits, help="on_demand limits (the paper: 3 turns, 1 image search in turn 1, "
                            "2 text searches); rag always runs 3 turns: 1 image search, 1 text search, the answer")
     with_image: bool = param(True, help="show the image to a vision-language model (a text-only model never sees it)")
@@ -99,10 +98,6 @@ class Params:
             raise ValueError("samples must be >= 1 and max_items >= 0")
         if self.cache_mode not in ("", "live", "cache_first", "replay_only"):
             raise ValueError(f"cache_mode {self.cache_mode!r}: use '', live, cache_first or replay_only")
-
-
-def _protocol_options(params: Params) -> dict:
-    return {"require_reason": params.require_reason} if params.protocol == "mmsearch_r1" else {}
 
 
 def fingerprint(params: Params, model_digest: str, datasets: dict[str, list[str]], search: dict) -> str:
@@ -239,7 +234,7 @@ def run(params: Params, args) -> int:
         if not mine:
             continue
         (Path(params.parts_dir) / fps[spec.name]).mkdir(parents=True, exist_ok=True)
-        protocol = get_protocol(params.protocol, params.limits, **_protocol_options(params))
+        protocol = get_protocol(params.protocol, params.limits)
         engine = make_engine(params.engine.kind, paths[spec.name], protocol=protocol, seed=params.seed,
                              params=params.engine)
         for model, d, mode in mine:
@@ -248,7 +243,7 @@ def run(params: Params, args) -> int:
                             samples=params.samples, judge_cfg=params.judge, sampling=params.sampling,
                             seed=derive_seed(params.seed, "evaluate", d, mode), model_name=model, dataset=d,
                             labels=data[d].labels, with_image=params.with_image,
-                            rag=params.rag, protocol_options=_protocol_options(params))
+                            rag=params.rag)
             write_table(_rows_table(rows), part(model, d, mode))
             bar.update(1)
         engine.close()

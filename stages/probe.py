@@ -53,7 +53,6 @@ class Params:
     model: str = param("data/bootstrap/model", help="labeler: a model folder (or one with model_ref.json), "
                        "'packaged:smollm2', 'tiny:text', 'tiny:vlm' or a Hub id")
     protocol: str = param("mmsearch_r1", help="mmsearch_r1 (the paper's tags) | tool_calls (native tool calling)")
-    require_reason: bool = param(True, help="mmsearch_r1: a turn must start with <reason>...</reason>")
     limits: Limits = param(factory=Limits, help="per-rollout limits (the paper: 3 turns, 1 image search in turn 1, 2 text searches)")
     conditions: list[str] = param(["closed_book", "tools"], help="conditions probed (one DVC stage each; label reads them all)")
     samples: int = param(4, help="rollouts per item and condition (K)")
@@ -228,8 +227,7 @@ def run(params: Params, args) -> int:
     t_run = time.perf_counter()
     generations, new_rollouts, tools = 0, 0, None
     if todo:
-        protocol = get_protocol(params.protocol, params.limits, **(
-            {"require_reason": params.require_reason} if params.protocol == "mmsearch_r1" else {}))
+        protocol = get_protocol(params.protocol, params.limits)
         if condition_tools(condition):
             from pipeline.search import SearchParams, SearchTools
 

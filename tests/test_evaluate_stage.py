@@ -197,12 +197,13 @@ def test_forced_workflow_turns_parse_back_in_both_protocols(name):
     from pipeline.rollout.protocols import get_protocol
 
     proto = get_protocol(name)
-    img = proto.parse_turn(forced_text(proto, "image_search"))
-    txt = proto.parse_turn(forced_text(proto, "text_search", "Flag of Peru capital"))
-    assert img.kind == "image_search" and txt.kind == "text_search" and txt.query == "Flag of Peru capital"
-    if name == "mmsearch_r1":
-        relaxed = get_protocol(name, require_reason=False)
-        assert forced_text(relaxed, "image_search") == "<search><img></search>"
+    img_text, txt_text = forced_text(proto, "image_search"), forced_text(proto, "text_search", "Flag of Peru capital")
+    img, txt = proto.parse_call(img_text), proto.parse_call(txt_text)
+    assert img.kind == "image_search" and txt.kind == "text_search" and txt.query.strip() == "Flag of Peru capital"
+    # the workflow's turns are well formed for the scorer: RAG rollouts are judged on the model's answer turn
+    assert proto.score([img_text, txt_text, "<reason>r</reason><answer>Lima</answer>"]).format_ok
+    assert ("<reason>" in img_text) is (name == "mmsearch_r1")  # only the tag protocol needs a reason
+
 
 
 def test_rag_query():

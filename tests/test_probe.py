@@ -83,9 +83,29 @@ def _check_rows(rows, items, condition, k, protocol, saw_image):
         # images never travel in the evidence, only their sha1
         assert "bytes" not in r["messages"]
         if r["final_answer"]:
-            assert r["actions"][-1] == "answer"
+            assert "<answer>" in msgs[-1]["content"]  # the scorer reads the answer of the last turn
         else:
-            assert not r["correct"] and r["error"]
+            assert not r["correct"]
+    _reward_agrees_with_evidence(rows, protocol)
+
+
+def _reward_agrees_with_evidence(rows, protocol_name):
+    """The GRPO reward, given each rollout as a completion, sees the same format, answer and search count as the
+    evidence (one scorer for labels and rewards)."""
+    from pipeline.rollout.protocols import get_protocol
+    from trainer.rewards import RewardParams, resolve
+
+    proto = get_protocol(protocol_name)
+    fn = resolve("format", RewardParams(), proto, rows[0]["condition"])
+    completions = []
+    for r in rows:
+        msgs = json.loads(r["messages"])
+        first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        completions.append(msgs[first:])
+    scored = fn.scorer.score(completions, ["x"] * len(rows))
+    assert [s["format"] == 1.0 for s in scored] == [r["valid_format"] for r in rows]
+    assert [s["trajectory"].search_count for s in scored] == [r["search_count"] for r in rows]
+    assert [s["trajectory"].answer or "" for s in scored] == [r["final_answer"] for r in rows]
 
 
 @pytest.mark.parametrize("protocol_name", ["mmsearch_r1", "tool_calls"])

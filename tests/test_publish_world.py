@@ -148,7 +148,7 @@ def make_world(root: Path, *, bad_rows: bool = False, with_cache: bool = True, w
                     "messages": json.dumps([{"role": "user", "content": item["question"]}]),
                     "actions": ["image_search", "text_search", "answer"] if calls else ["answer"],
                     "tool_calls": json.dumps(calls), "n_image_search": 1 if calls else 0,
-                    "n_text_search": 1 if calls else 0, "final_answer": item["answer"] if s == 0 else "no",
+                    "n_text_search": 1 if calls else 0, "search_count": 2 if calls else 0, "final_answer": item["answer"] if s == 0 else "no",
                     "correct": s == 0, "judge": "em", "valid_format": True, "prompt_tokens": 10 + i,
                     "completion_tokens": 5, "latency_s": 0.5, "error": "",
                 })

@@ -1,5 +1,6 @@
 """The paper's reward (Eq. 1) on hand-built TRL completions: every value of the paper's table, the per-call option,
-unexecuted final tool calls, both protocols, and the logged components."""
+unexecuted final tool calls, both protocols, turn texts cut from TRL's completion ids, and the logged components.
+(The scorer itself is checked against the released scorer in test_score.py.)"""
 import dataclasses
 from collections import defaultdict
 
@@ -8,13 +9,15 @@ import pytest
 from pipeline.config import ParamsError, build
 from pipeline.judge import JudgeParams
 from pipeline.rollout.protocols import Limits, get_protocol
-from trainer.rewards import REGISTRY, RewardParams, analyse, paper_reward, resolve, reward_functions
+from pipeline.rollout.score import reward
+from trainer.rewards import REGISTRY, RewardParams, completion_turns, resolve, reward_functions
 
 GOLD = "Paris"
 
 
 def call(name, query=""):
-    return {"type": "function", "function": {"name": name, "arguments": {"query": query}}}
+    """A tool call as TRL parses it (the native image_search takes no argument)."""
+    return {"type": "function", "function": {"name": name, "arguments": {} if name == "image_search" else {"query": query}}}
 
 
 def turn(text, *calls):
@@ -92,8 +95,8 @@ def test_constants_come_from_params(tag):
     p = RewardParams(format_weight=0.2, search_penalty=0.5)
     one = [turn(R, call("search")), tool("search"), turn(f"{R}<answer>Paris</answer>")]
     assert _reward(tag, one, p) == pytest.approx(0.8 * 0.5 + 0.2)
-    assert paper_reward(1.0, 0, True, p) == pytest.approx(1.0)
-    assert paper_reward(0.0, 0, False, p) == 0.0
+    assert reward(1.0, 0, True, format_weight=0.2, search_penalty=0.5) == pytest.approx(1.0)
+    assert reward(0.0, 2, False, format_weight=0.2, search_penalty=0.5) == 0.0
 
 
 def test_aliases_and_judges(tag):
@@ -109,47 +112,47 @@ def test_paper_sequences_or_limits(tag):
     tt = [turn(R, call("text_search", "a")), tool("text_search"), turn(R, call("text_search", "b")),
           tool("text_search"), turn(f"{R}<answer>Paris</answer>")]
     assert _reward(tag, tt) == pytest.approx(0.81)  # not one of the paper's four sequences
-    assert _reward(tag, tt, RewardParams(format_sequences="limits")) == pytest.approx(0.91)  # 2 text searches allowed
+    assert _reward(tag, tt, RewardParams(format_rule="limits")) == pytest.approx(0.91)  # 2 text searches allowed
 
 
-def test_limits_decide_the_format(tag):
+def test_limits_decide_the_format_only_under_the_limits_rule(tag):
     three_text = [turn(R, call("text_search", "a")), tool("text_search"), turn(R, call("text_search", "b")),
                   tool("text_search"), turn(R, call("text_search", "c")), tool("text_search"),
                   turn(f"{R}<answer>Paris</answer>")]
-    traj = analyse(three_text, tag)
-    assert not traj.format_ok and traj.n_text_search == 3
+    traj = tag.score(completion_turns(three_text, tag))
+    assert not traj.format_ok and traj.search_count == 3
     assert _reward(tag, three_text) == pytest.approx(0.81)
     loose = get_protocol("mmsearch_r1", Limits(max_turns=4, max_text_search=3))
-    assert analyse(three_text, loose, sequences="limits").format_ok
-    assert not analyse(three_text, loose, sequences="paper").format_ok
-    assert _reward(loose, three_text, RewardParams(format_sequences="limits")) == pytest.approx(0.91)
-    # the paper's sequences still obey the limits: no image search when the limit is 0
-    no_img = get_protocol("mmsearch_r1", Limits(max_image_search=0))
-    assert _reward(no_img, [turn(R, call("search")), tool("search"), turn(f"{R}<answer>Paris</answer>")]) == pytest.approx(0.81)
-    # image search when the condition offers only text search
+    assert loose.score(completion_turns(three_text, loose), "limits").format_ok
+    assert not loose.score(completion_turns(three_text, loose), "paper").format_ok
+    assert _reward(loose, three_text, RewardParams(format_rule="limits")) == pytest.approx(0.91)
+    # the paper's rule reads the text only (the rollout enforced the limits); the limits rule checks them
     img = [turn(R, call("search")), tool("search"), turn(f"{R}<answer>Paris</answer>")]
-    assert not analyse(img, tag, "text_only").format_ok
-    assert _reward(tag, img, condition="text_only") == pytest.approx(0.81)
+    no_img = get_protocol("mmsearch_r1", Limits(max_image_search=0))
+    assert _reward(no_img, img) == pytest.approx(0.91)
+    assert _reward(no_img, img, RewardParams(format_rule="limits")) == pytest.approx(0.81)
+    assert _reward(tag, img, condition="text_only") == pytest.approx(0.91)
+    assert _reward(tag, img, RewardParams(format_rule="limits"), condition="text_only") == pytest.approx(0.81)
 
 
 def test_tool_calls_protocol_table():
     tc = get_protocol("tool_calls", Limits())
     cases = [
         ([turn("<answer>Paris</answer>")], 1.0),
-        ([turn("Paris")], 1.0),  # the tool-calling protocol accepts a bare reply as the answer
+        ([turn("Paris")], 0.0),  # the answer must be tagged, as in the tag protocol
         ([turn("", call("image_search")), tool("image_search"), turn("<answer>Paris</answer>")], 0.91),
         ([turn("", call("image_search")), tool("image_search"), turn("", call("text_search", "capital")),
           tool("text_search"), turn("<answer>Paris</answer>")], 0.91),
         ([turn("<answer>Rome</answer>")], 0.1),
         ([turn("", call("text_search", "q")), tool("text_search"), turn("", call("image_search")), tool("image_search"),
           turn("<answer>Paris</answer>")], 0.81),
-        ([turn("<answer>Paris</answer> <answer>Paris</answer>")], 1.0),
+        ([turn("<answer>Paris</answer> <answer>Paris</answer>")], 0.9),  # two answer tags: format 0
         ([turn("", call("image_search"), call("text_search", "x")), tool("image_search"), tool("text_search"),
           turn("<answer>Paris</answer>")], 0.81),  # two calls in one turn: format 0
         ([turn("", call("image_search")), tool("image_search"), turn("", call("text_search", "x")),
           tool("text_search"), turn("", call("text_search", "y"))], 0.0),
-        # the tool raised (TRL returns its error as the result): the call counts, the format does not
-        ([turn("", call("image_search", "flag")),
+        # an argument the tool does not take (TRL returns its error as the result): a search, but not well formed
+        ([turn("", {"type": "function", "function": {"name": "image_search", "arguments": {"query": "flag"}}}),
           {"role": "tool", "name": "image_search", "content": "{'error': \"image_search() got an unexpected keyword argument 'query'\"}"},
           turn("<answer>Paris</answer>")], 0.81),
     ]
@@ -176,9 +179,9 @@ def test_components_are_logged(tag):
 
 def test_registry_dotted_paths_and_weights(tag):
     assert {"paper", "accuracy", "format"} <= set(REGISTRY)
-    funcs, weights = reward_functions(RewardParams(reward_functions=["accuracy", "format", "trainer.rewards:lenient_answer"],
+    funcs, weights = reward_functions(RewardParams(reward_functions=["accuracy", "format", "trainer.rewards:turns_from_ids"],
                                                    reward_weights=[1.0, 0.5, 0.0]), tag, "tools")
-    assert weights == [1.0, 0.5, 0.0] and funcs[2].__name__ == "lenient_answer"
+    assert weights == [1.0, 0.5, 0.0] and funcs[2].__name__ == "turns_from_ids"
     c = [turn("<answer>Paris</answer>")]
     assert funcs[0](prompts=[[]], completions=[c], answer=[GOLD], aliases=[[]]) == [1.0]
     assert funcs[1](prompts=[[]], completions=[c], answer=[GOLD], aliases=[[]]) == [0.0]
@@ -208,3 +211,25 @@ def test_params_are_checked():
     with pytest.raises(ParamsError, match="llm"):
         build(RewardParams, {"judge": {"method": "llm"}})
     assert dataclasses.asdict(build(RewardParams, {}))["format_weight"] == 0.1
+
+
+def test_turns_come_from_the_completion_ids_when_they_split(tag, tiny_text_model_path):
+    """The scorer reads what the model wrote: cut out of TRL's completion ids at the spliced tool turns. The parsed
+    messages lose text after a tool tag; the ids keep it, so the format is judged on the real turn."""
+    from transformers import AutoTokenizer
+
+    tok = tag.prepare_tokenizer(AutoTokenizer.from_pretrained(tiny_text_model_path))
+    t1, t2 = "<reason>r</reason><search><img></search> extra words", f"{R}<answer>Paris</answer>"
+    completion = [turn("<reason>r</reason> extra words", call("search")), tool("search"), turn(t2)]
+    suffix = tag.render(tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": t1},
+                              completion[1]], add_generation_prompt=True)
+    suffix = suffix[suffix.index(t1) + len(t1):]
+    ids = tok(t1 + suffix + t2 + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert completion_turns(completion, tag, ids, tok) == [t1, t2]
+    fn = resolve("paper", RewardParams(), tag, "tools", tok)
+    got = fn(prompts=[[]], completions=[completion], completion_ids=[ids], answer=[GOLD], aliases=[[]])[0]
+    assert got == pytest.approx(0.81)  # text after the search tag: a search, not a valid image-search turn
+    # rendered back from the messages the tag would sit at the end: the same completion would look valid
+    assert _reward(tag, completion) == pytest.approx(0.91)
+    # ids that do not split into one segment per assistant message fall back to the messages
+    assert completion_turns(completion, tag, ids[:5], tok) == tag.turns_from_messages(completion)

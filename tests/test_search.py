@@ -225,19 +225,6 @@ def test_paper_cache_import_and_replay_by_data_id(tmp_path):
         tools.cache.import_paper_cache(tmp_path / "evil.pkl")
 
 
-def test_trl_tools_have_schemas_and_return_rendered_content(tmp_path):
-    from transformers.utils import get_json_schema
-
-    t = _tools(tmp_path)
-    image_search, text_search = t.trl_tools(image=None)
-    schema = get_json_schema(text_search)["function"]
-    assert schema["name"] == "text_search" and schema["parameters"]["required"] == ["query"]
-    assert "query" in schema["parameters"]["properties"]
-    assert get_json_schema(image_search)["function"]["parameters"]["properties"] == {}
-    out = text_search("capital of Peru")
-    assert out.startswith(TEXT_HEADER) and "capital of peru #0" in out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # local indexes on corpora built from packaged data (flagpy, countryinfo, offline Wikipedia summaries)
 # ---------------------------------------------------------------------------------------------------------------

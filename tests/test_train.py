@@ -82,9 +82,16 @@ def _check_rollouts_match_items(world, rows, tool_tag):
         item = by_id[r["id"]]
         assert r["question"] == item["question"] and r["env_question"] == item["question"]
         assert item["question"] in r["prompt_text"]
-        assert r["executed_calls"] == len(r["env_calls"]) == len(r["tool_texts"])
+        # every call the environment ran reached the completion, except one whose result TRL dropped because it did
+        # not fit in max_completion_length: then it is the last call and the completion ends on the turn that asked
+        delivered = [c for c in r["env_calls"] if c["delivered"]]
+        dropped = [c for c in r["env_calls"] if not c["delivered"]]
+        assert r["executed_calls"] == len(delivered) == len(r["tool_texts"])
+        assert r["env_calls"][: len(delivered)] == delivered and len(dropped) <= 1
+        if dropped:
+            assert r["last_role"] == "assistant" and r["last_has_call"] and dropped[0]["error"].startswith("result dropped")
         assert [c["turn"] for c in r["env_calls"]] == sorted(c["turn"] for c in r["env_calls"])
-        for text, call in zip(r["tool_texts"], r["env_calls"]):
+        for text, call in zip(r["tool_texts"], delivered):
             assert f"Question: {item['question']}" in text
             if call["tool"] == "image_search" and not call["refused"]:
                 assert call["error"] == "" and call["cache_key"]  # replayed from the cache (replay_only)
@@ -137,6 +144,21 @@ def test_grpo_text_model_tool_loop_and_mask(world, warm_text, tmp_path, captured
     assert saved_tok.response_template["start_anchor"] == "<|im_start|>assistant\n"
 
 
+def test_dropped_tool_result_is_recorded_and_scored(world, warm_vlm, tmp_path, captured):
+    """A completion budget too small for the image-search result (thumbnails are many image tokens): TRL runs the
+    call, then drops the result. The call is recorded as not delivered (the invariants of
+    `_check_rollouts_match_items` hold for it: it is the last call and the completion ends on the turn that asked)."""
+    from trainer.grpo import train
+
+    p = _params(world, warm_vlm, tmp_path / "train", max_steps=1, save_steps=10, max_completion_length=72,
+                per_device_train_batch_size=8, reward_functions=["paper", "train_world:record_reward"])
+    train(p, world.search, root=world.root)
+    rows = record_reward.rows
+    _check_rollouts_match_items(world, rows, "")
+    dropped = [r for r in rows if any(not c["delivered"] for c in r["env_calls"])]
+    assert dropped, "no tool result was dropped: the budget no longer forces the path this test is for"
+
+
 @pytest.mark.parametrize("protocol", ["mmsearch_r1", "tool_calls"])
 def test_grpo_vlm_image_search_returns_images(world, warm_vlm, tmp_path, captured, protocol):
     from trainer.grpo import train
@@ -148,7 +170,8 @@ def test_grpo_vlm_image_search_returns_images(world, warm_vlm, tmp_path, capture
     rows = record_reward.rows
     _check_rollouts_match_items(world, rows, "")
     # every rollout sees its item image in the prompt; each image search adds its thumbnails (k_image=2) as images
-    searched = [r for r in rows if any(c["tool"] == "image_search" and not c["refused"] for c in r["env_calls"])]
+    searched = [r for r in rows if any(c["tool"] == "image_search" and not c["refused"] and c["delivered"]
+                                       for c in r["env_calls"])]
     assert searched, "the warmed-up VLM made no image search"
     for r in searched:
         assert sum(r["tool_images"]) >= 2

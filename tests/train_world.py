@@ -184,11 +184,14 @@ def record_reward(prompts, completions, completion_ids=None, **kwargs):
     envs = kwargs.get("environments") or [None] * len(completions)
     path = os.environ.get("TRAIN_RECORD")
     rows = []
+    from pipeline.rollout.environment import mark_delivered
+
     for i, (prompt, completion, env) in enumerate(zip(prompts, completions, envs)):
         # tool results; TRL's own error results (the tool raised, e.g. on arguments it does not take) never reached
         # the environment
         tool_msgs = [m for m in completion if m.get("role") == "tool" and not _text(m.get("content")).startswith("{'error'")]
         executed_calls = len(tool_msgs)
+        mark_delivered(env, completion)
         rows.append({
             "rank": rank, "id": kwargs["id"][i], "question": kwargs["question"][i], "answer": kwargs["answer"][i],
             "prompt_text": "\n".join(_text(m.get("content")) for m in prompt),
@@ -198,6 +201,8 @@ def record_reward(prompts, completions, completion_ids=None, **kwargs):
             "tool_images": [sum(1 for b in (m.get("content") or []) if isinstance(b, dict) and b.get("type") == "image")
                             for m in tool_msgs],
             "executed_calls": executed_calls,
+            "last_role": completion[-1].get("role") if completion else "",
+            "last_has_call": bool(completion and completion[-1].get("tool_calls")),
         })
     if path:
         with open(f"{path}.{rank}.jsonl", "a", encoding="utf-8") as f:

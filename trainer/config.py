@@ -37,7 +37,7 @@ class LoraParams:
 @dataclasses.dataclass
 class TrainParams(RewardParams):
     """GRPO training of the search policy (the `train:` section). The reward settings (`RewardParams`:
-    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_sequences, judge) are
+    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_rule, judge) are
     fields of this section too."""
 
     # --- model and start point ---

@@ -28,7 +28,7 @@ from typing import Any
 from pipeline.io import exclusion, progress, write_exclusions, write_json
 from trainer.callbacks import CurvesCallback, curve_rows, write_curves
 from trainer.config import TrainParams, to_grpo_config
-from trainer.environment import SEARCH_IMAGE_COLUMN, environment_class
+from pipeline.rollout.environment import SEARCH_IMAGE_COLUMN, environment_class
 from trainer.rewards import reward_functions
 from trainer.vllm_cpu import cpu_weight_sync_fix
 
@@ -142,7 +142,7 @@ def build_dataset(rows: list[dict], protocol: Any, processor: Any, condition: st
                   max_prompt_length: int, stage: str = "train") -> tuple[Any, list[dict]]:
     """(datasets.Dataset for GRPOTrainer, exclusion rows). Columns: prompt (protocol.initial_messages, image as a
     placeholder), image (when the policy sees it), search_image (encoded bytes for image search), id, question,
-    answer, aliases, label."""
+    answer, aliases, label, meta (JSON: what search backends may key on, e.g. the paper's data_id)."""
     import datasets
 
     from pipeline.rollout.protocols.base import image_bytes
@@ -173,6 +173,7 @@ def build_dataset(rows: list[dict], protocol: Any, processor: Any, condition: st
             "answer": str(row["answer"]),
             "aliases": [str(a) for a in (row.get("aliases") or [])],
             "label": str(row.get("label") or ""),
+            "meta": str(row.get("meta") or "{}"),
             SEARCH_IMAGE_COLUMN: img,
         }
         if show_image:
@@ -186,6 +187,7 @@ def build_dataset(rows: list[dict], protocol: Any, processor: Any, condition: st
         "answer": datasets.Value("string"),
         "aliases": datasets.List(datasets.Value("string")),
         "label": datasets.Value("string"),
+        "meta": datasets.Value("string"),
         SEARCH_IMAGE_COLUMN: datasets.Value("binary"),
     }
     if show_image:
@@ -294,7 +296,7 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
                                            show_image, params.max_prompt_length, stage="train_eval")
         excluded += eval_excl
 
-    funcs, weights = reward_functions(params, protocol, params.condition)
+    funcs, weights = reward_functions(params, protocol, params.condition, tokenizer=getattr(processor, "tokenizer", processor))
     extra: dict[str, Any] = {}
     if params.use_vllm and params.vllm_mode == "colocate" and params.vllm_max_model_length <= 0:
         extra["vllm_max_model_length"] = params.max_prompt_length + params.max_completion_length

@@ -81,16 +81,18 @@ class RagProtocol:
 
 
 def forced_text(protocol: Protocol, kind: str, query: str = "") -> str:
-    """The protocol's text of a workflow action (what a model would write), checked to parse back to `kind`."""
+    """The protocol's text of a workflow action (what a model would write): a turn the scorer accepts as exactly
+    `kind` and that the protocol's parser reads back as the same call."""
     call = {"type": "function", "function": {"name": protocol.tool_names[kind],
                                               "arguments": {"query": query} if kind == TEXT_SEARCH else {}}}
     body = protocol.tool_call_to_text(call)
-    for text in (body, f"<reason>{RAG_REASONS[kind]}</reason>\n{body}"):  # the tag protocol may require a reason
-        action = protocol.parse_turn(text)
-        if action.kind == kind and (kind != TEXT_SEARCH or action.query == query.strip()):
+    for text in (body, f"<reason>{RAG_REASONS[kind]}</reason>\n{body}"):  # the tag protocol needs a reason
+        parsed = protocol.parse_call(text)
+        if (protocol.score([text]).kinds == [kind] and parsed is not None and parsed.kind == kind
+                and (kind != TEXT_SEARCH or parsed.query.strip() == query.strip())):
             return text
     raise ValueError(f"protocol {protocol.name!r}: cannot write a {kind} turn that parses back "
-                     f"(query {query!r}); the rag workflow needs tool_call_to_text to invert parse_turn")
+                     f"(query {query!r}); the rag workflow needs tool_call_to_text to invert parse_call")
 
 
 def rag_query(question: str, titles: Sequence[str], how: str) -> str:
@@ -137,7 +139,7 @@ class RagWorkflowEngine:
 def run_mode(engine: Any, protocol_name: str, limits: Limits, tools: Any, items: Sequence[Mapping[str, Any]],
              mode: str, *, samples: int, judge_cfg: Any, sampling: Any, seed: int, model_name: str, dataset: str,
              labels: Mapping[str, str | None], with_image: bool | None = None,
-             rag: RagParams | None = None, protocol_options: Mapping[str, Any] | None = None) -> list[dict]:
+             rag: RagParams | None = None) -> list[dict]:
     """Play `samples` rollouts per item of one mode; returns EVAL_ROLLOUT_FEATURES rows (item order, then sample).
 
     rollout_id = "<model>/<mode>/<dataset>/<item_id>/<sample>", unique across the whole evaluation."""
@@ -145,12 +147,11 @@ def run_mode(engine: Any, protocol_name: str, limits: Limits, tools: Any, items:
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use some of {', '.join(MODES)}")
-    options = dict(protocol_options or {})
     if mode == "rag":
-        protocol: Any = RagProtocol(get_protocol(protocol_name, dataclasses.replace(RAG_LIMITS), **options))
+        protocol: Any = RagProtocol(get_protocol(protocol_name, dataclasses.replace(RAG_LIMITS)))
         engine = RagWorkflowEngine(engine, protocol, (rag or RagParams()).text_query)
     else:
-        protocol = get_protocol(protocol_name, dataclasses.replace(limits), **options)
+        protocol = get_protocol(protocol_name, dataclasses.replace(limits))
     rows = run_rollouts(engine, protocol, None if mode == "direct" else tools, list(items), MODE_CONDITION[mode],
                         samples, judge_cfg, sampling=sampling, with_image=with_image, seed=seed,
                         model_name=model_name)

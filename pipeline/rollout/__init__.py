@@ -1,4 +1,4 @@
 """Rollouts: protocols (how a turn is rendered and parsed), engines and the multi-turn loop."""
-from pipeline.rollout.protocols import Action, Limits, Protocol, get_protocol
+from pipeline.rollout.protocols import Limits, Protocol, get_protocol
 
-__all__ = ["Action", "Limits", "Protocol", "get_protocol"]
+__all__ = ["Limits", "Protocol", "get_protocol"]

@@ -5,15 +5,18 @@ under one condition (`closed_book`: no tools; `tools`: image + text search; `ima
 
 - every live trajectory of the batch advances together, one engine call per turn (turn 1 asks for `samples`
   continuations of each item's prompt, later turns one continuation per live trajectory);
-- each turn's tool calls run concurrently through the search cache (`tools.run_many`); an image search always
-  searches the item's image, also for a text-only model, which never sees the image (saw_image=False);
-- a turn that does not parse into a valid action, or whose search the limits refuse, is recorded: an invalid turn
-  ends the rollout without an answer; a refused search returns the refusal text as the tool result (as TRL's
-  environment does) and the rollout goes on; the last allowed turn must answer.
+- a turn's tool call is read exactly as TRL reads it (`protocol.parse_call`, the response template); a turn without
+  one ends the rollout, and so does a call on the last allowed turn (left unexecuted, as TRL does);
+- the calls of a turn run together through the one tool step (`pipeline.rollout.step.ToolStep`): refused past the
+  limits (the refusal is the result the model sees, and the rollout goes on), executed through the search cache
+  otherwise; an image search always searches the item's image, also for a text-only model, which never sees it
+  (saw_image=False);
+- the finished trajectory is scored by the one scorer (`protocol.score`, the paper's rule by default): its turn
+  kinds, final answer, format validity and search count; the answer is judged against answer + aliases.
 
 Returns one dict per rollout with the columns of `pipeline.schema.ROLLOUT_FEATURES`, ordered by item then sample:
-full messages (image bytes replaced by `{"type": "image", "sha1": ...}`), actions, tool calls with their cache
-keys, the final answer judged against answer + aliases, token counts, latency and errors.
+full messages (image bytes replaced by `{"type": "image", "sha1": ...}`), turn kinds, tool calls with their cache
+keys, the scorer's answer, format and search count, the verdict, token counts, latency and errors.
 
 Deterministic: engine calls are seeded from `seed` and the turn number, so the same batch gives the same rollouts.
 Reads and writes nothing itself (the search cache is the tools' business).
@@ -26,9 +29,9 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.rollout.engines import Sampling, derive_seed
-from pipeline.rollout.protocols import ANSWER, IMAGE_SEARCH, INVALID, TEXT_SEARCH, Action, condition_tools, image_bytes
+from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH, condition_tools, image_bytes
+from pipeline.rollout.step import Request, ToolStep, item_meta
 from pipeline.schema import sha1_hex, to_json
-from pipeline.search.types import ReplayMiss
 
 
 @dataclasses.dataclass
@@ -37,10 +40,9 @@ class _Trajectory:
     sample: int
     messages: list[dict]
     state: Any
-    actions: list[Action] = dataclasses.field(default_factory=list)
+    turns: list[str] = dataclasses.field(default_factory=list)
+    call: Any = None  # the ToolCall of the last turn, when it asked for one
     calls: list[dict] = dataclasses.field(default_factory=list)
-    refusals: int = 0
-    final_answer: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -73,14 +75,6 @@ def messages_for_evidence(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
     return out
 
 
-def _item_meta(item: Mapping[str, Any]) -> dict:
-    try:
-        meta = json.loads(item.get("meta") or "{}")
-    except (TypeError, json.JSONDecodeError):
-        meta = {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def default_judge(method: str = "em") -> Callable[..., Any]:
     from pipeline.judge import JudgeParams, make_judge
 
@@ -91,7 +85,7 @@ def run_rollouts(engine: Any, protocol: Any, tools: Any, items: Sequence[Mapping
                  samples: int, judge_cfg: Any = None, *, sampling: Sampling | None = None,
                  with_image: bool | None = None, seed: int = 0, model_name: str = "",
                  sample_start: int = 0, item_samples: Sequence[int] | None = None,
-                 search_k: int | None = None) -> list[dict]:
+                 search_k: int | None = None, format_rule: str = "paper") -> list[dict]:
     """Play the rollouts of one batch; see the module docstring.
 
     Args:
@@ -108,13 +102,15 @@ def run_rollouts(engine: Any, protocol: Any, tools: Any, items: Sequence[Mapping
         sample_start: sample number of the first rollout per item (adaptive rounds continue numbering).
         item_samples: per item, how many rollouts to play (overrides `samples`; 0 skips the item).
         search_k: results per search call (None = the tools' own k_image / k_text).
+        format_rule: the scorer's format rule (paper | limits, see `pipeline.rollout.score`).
     """
     sampling = sampling or Sampling()
     judge_fn = _make_judge(judge_cfg)
     judge_name = getattr(judge_cfg, "method", judge_cfg if isinstance(judge_cfg, str) else "em") or "em"
     see_image = engine.is_vlm if with_image is None else bool(with_image and engine.is_vlm)
-    offered = condition_tools(condition)
+    condition_tools(condition)  # rejects an unknown condition early
     tool_schemas = protocol.tools_for(condition)
+    step = ToolStep(protocol, tools, condition, k=search_k, with_images=engine.is_vlm)
     counts = list(item_samples) if item_samples is not None else [samples] * len(items)
     if len(counts) != len(items):
         raise ValueError("item_samples must give one count per item")
@@ -142,80 +138,35 @@ def run_rollouts(engine: Any, protocol: Any, tools: Any, items: Sequence[Mapping
         live = [t for t in trajs if not t.done]
         if not live:
             break
-        # Execute (or refuse) the pending search of every live trajectory, all calls of the turn at once.
-        pending: list[tuple[_Trajectory, Action, str]] = []
+        requests = []
         for tr in live:
-            action = tr.actions[-1]
-            refusal = protocol.check_action(tr.state, action)
-            if not refusal and action.kind == IMAGE_SEARCH and image_bytes(items[tr.item_index].get("image")) is None:
-                refusal = "Image search is not possible: this question has no image."
-            pending.append((tr, action, refusal))
-        calls = []
-        for tr, action, refusal in pending:
-            if not refusal:
-                it = items[tr.item_index]
-                value = image_bytes(it.get("image")) if action.kind == IMAGE_SEARCH else action.query
-                calls.append((action.kind, value, _item_meta(it)))
-        results: list[Any] = []
-        if calls:
-            if tools is None:
-                raise ValueError(f"condition {condition!r} offers {offered} but no search tools were given")
-            try:
-                results = tools.run_many(calls, k=search_k) if search_k else tools.run_many(calls)
-            except ReplayMiss:
-                raise
-            except Exception as exc:  # a broken backend fails these calls, not the whole batch
-                results = [f"Search failed: {type(exc).__name__}: {exc}"] * len(calls)
-        it_results = iter(results)
-        next_convs = []
-        for tr, action, refusal in pending:
             item = items[tr.item_index]
-            record = {"tool": action.kind, "query": action.query, "turn": tr.state.turn, "cache_key": "",
-                      "error": "", "n_results": 0, "refused": bool(refusal)}
-            if refusal:
-                result: Any = refusal
-                record["error"] = refusal
-                tr.refusals += 1
-            else:
-                result = next(it_results)
-                if isinstance(result, str):
-                    record["error"] = result
-                    tr.errors.append(f"{action.kind}: {result}")
-                else:
-                    record.update(cache_key=result.cache_key, error=result.error or "", n_results=len(result.hits),
-                                  titles=[h.title for h in result.hits][:10])
-                    if action.kind == IMAGE_SEARCH:
-                        record["query"] = result.query
-                    if result.error:
-                        tr.errors.append(f"{action.kind}: {result.error}")
-            tr.calls.append(record)
-            at_turn = tr.state.turn
-            tr.state.record(action, executed=not refusal)
-            last = tr.state.turn >= protocol.limits.max_turns
-            tr.messages.append(protocol.tool_result_message(result, item["question"], at_turn, last,
-                                                            with_images=engine.is_vlm, condition=condition))
-            next_convs.append(tr.messages)
+            requests.append(Request(tr.state, tr.call.kind, tr.call.query, image_bytes(item.get("image")),
+                                    item["question"], item_meta(item.get("meta"))))
+        for tr, outcome in zip(live, step.run(requests)):
+            tr.calls.append(outcome.record)
+            if isinstance(outcome.result, str) and outcome.record["error"].startswith("Search failed"):
+                tr.errors.append(f"{tr.call.kind}: {outcome.result}")
+            elif not isinstance(outcome.result, str) and outcome.result.error:
+                tr.errors.append(f"{tr.call.kind}: {outcome.result.error}")
+            tr.messages.append(outcome.message)
         turn += 1
-        outs = _generate(engine, next_convs, 1, sampling, derive_seed(seed, condition, sample_start, "turn", turn),
-                         tool_schemas)
-        for (tr, _, _), per in zip(pending, outs):
+        outs = _generate(engine, [tr.messages for tr in live], 1, sampling,
+                         derive_seed(seed, condition, sample_start, "turn", turn), tool_schemas)
+        for tr, per in zip(live, outs):
             _take_turn(protocol, tr, per[0])
         _stamp(live, t0)
 
     rows = []
     for tr in trajs:
         item = items[tr.item_index]
-        verdict = judge_fn(tr.final_answer, item["answer"], list(item.get("aliases") or []), item["question"]) \
-            if tr.final_answer else None
-        kinds = [a.kind for a in tr.actions]
-        valid = (INVALID not in kinds and tr.refusals == 0 and not tr.truncated
-                 and protocol.sequence_ok(kinds, condition))
-        n_img = sum(1 for c in tr.calls if c["tool"] == IMAGE_SEARCH and not c["refused"])
-        n_txt = sum(1 for c in tr.calls if c["tool"] == TEXT_SEARCH and not c["refused"])
+        score = protocol.score(tr.turns, format_rule, condition)
+        verdict = (judge_fn(score.answer, item["answer"], list(item.get("aliases") or []), item["question"])
+                   if score.answer is not None else None)
+        executed = [c for c in tr.calls if not c["refused"]]
         error = "; ".join(tr.errors)
-        if not tr.final_answer and not error:
-            last = tr.actions[-1] if tr.actions else None
-            error = f"no answer: {last.error}" if last is not None and last.kind == INVALID else "no answer"
+        if score.answer is None and not error:
+            error = "no answer" + (" (last turn cut by max_tokens)" if tr.truncated else "")
         rows.append({
             "rollout_id": f"{item['id']}/{condition}/{tr.sample}",
             "item_id": item["id"],
@@ -225,14 +176,15 @@ def run_rollouts(engine: Any, protocol: Any, tools: Any, items: Sequence[Mapping
             "protocol": protocol.name,
             "saw_image": bool(see_image and image_bytes(item.get("image")) is not None),
             "messages": to_json(messages_for_evidence(tr.messages)),
-            "actions": kinds,
+            "actions": score.kinds,
             "tool_calls": to_json(tr.calls),
-            "n_image_search": n_img,
-            "n_text_search": n_txt,
-            "final_answer": tr.final_answer,
+            "n_image_search": sum(1 for c in executed if c["tool"] == IMAGE_SEARCH),
+            "n_text_search": sum(1 for c in executed if c["tool"] == TEXT_SEARCH),
+            "search_count": score.search_count,
+            "final_answer": score.answer or "",
             "correct": bool(verdict.correct) if verdict is not None else False,
             "judge": judge_name,
-            "valid_format": bool(valid),
+            "valid_format": score.format_ok,
             "prompt_tokens": tr.prompt_tokens,
             "completion_tokens": tr.completion_tokens,
             "latency_s": round(tr.latency_s, 3),
@@ -258,27 +210,16 @@ def _generate(engine, convs, n, sampling, seed, tool_schemas):
 
 
 def _take_turn(protocol: Any, tr: _Trajectory, g: Any) -> None:
-    """Record one generated assistant turn on a trajectory and decide whether the rollout ends."""
+    """Record one generated turn; the rollout goes on only when the turn asks for a tool before the last turn."""
     tr.prompt_tokens += int(g.prompt_tokens)
     tr.completion_tokens += int(g.completion_tokens)
-    action = protocol.parse_turn(g.text)
-    if action.kind == INVALID and g.finish_reason == "length":
-        tr.truncated = True
-        action = Action(INVALID, raw=g.text, error=(action.error + "; " if action.error else "") + "cut by max_tokens")
-    tr.actions.append(action)
-    tr.messages.append(protocol.assistant_message(g.text, action))
-    if action.kind == ANSWER:
-        tr.final_answer = action.answer
-        tr.done = True
-    elif action.kind == INVALID:
-        tr.done = True
-    elif tr.state.turn >= protocol.limits.max_turns:
-        # A search on the last allowed turn: refused by the limits; the rollout ends without an answer.
-        tr.refusals += 1
-        tr.calls.append({"tool": action.kind, "query": action.query, "turn": tr.state.turn, "cache_key": "",
-                         "error": "search on the last turn", "n_results": 0, "refused": True})
-        tr.state.record(action, executed=False)
-        tr.done = True
+    text = protocol.strip_eos(g.text)
+    tr.turns.append(text)
+    tr.messages.append(protocol.assistant_message(text))
+    tr.truncated = g.finish_reason == "length"
+    tr.call = protocol.parse_call(text)
+    # no call: the answer turn (or a malformed one); a call on the last allowed turn is left unexecuted, as in TRL
+    tr.done = tr.call is None or tr.state.turn >= protocol.limits.max_turns
 
 
 def _stamp(trajs: Sequence[_Trajectory], t0: float) -> None:

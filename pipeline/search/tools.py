@@ -9,12 +9,11 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline.search.backends import Backend, make_backend
 from pipeline.search.cache import SearchCache, cache_key
 from pipeline.search.config import SearchParams
-from pipeline.search.render import tool_content
 from pipeline.search.types import TOOLS, ReplayMiss, SearchError, SearchResult
 
 
@@ -103,36 +102,6 @@ class SearchTools:
             if tool not in self._backends:
                 self._backends[tool] = make_backend(tool, self.params, self.root)
             return self._backends[tool]
-
-    def trl_tools(self, image: bytes | None = None, *, with_images: bool = True,
-                  context: Mapping[str, Any] | None = None) -> list[Callable]:
-        """Plain functions with typed signatures and Google-style docstrings that TRL (`GRPOTrainer(tools=...)`) and
-        `transformers.utils.get_json_schema` accept: `image_search()` on `image` and `text_search(query)`. They return
-        the rendered tool content (a string, or content blocks with one image block per returned thumbnail)."""
-        tools = self
-
-        def image_search() -> str | list:
-            """Search the web with the image of the question and return the top matching web pages (thumbnail and title).
-
-            Returns:
-                The search results: one entry per web page with its main image and its title.
-            """
-            if image is None:
-                return "[Image Search Results] There is no image to search with."
-            return tool_content(tools.image_search(image, context=context), with_images=with_images)
-
-        def text_search(query: str) -> str:
-            """Search the web with a text query and return short summaries of the most relevant pages.
-
-            Args:
-                query: The text query to send to the search engine.
-
-            Returns:
-                The search results: one entry per web page with its link, title and a short summary.
-            """
-            return tool_content(tools.text_search(query, context=context), with_images=False)
-
-        return [image_search, text_search]
 
     def close(self) -> None:
         self.cache.close()

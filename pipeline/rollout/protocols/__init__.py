@@ -6,26 +6,25 @@ calling). See `base.Protocol` for the methods. Reads and writes nothing.
 from __future__ import annotations
 
 from pipeline.rollout.protocols.base import (
-    ANSWER, CONDITION_TOOLS, IMAGE_SEARCH, INVALID, SEARCH_KINDS, TEXT_SEARCH, VISION_PLACEHOLDER, Action, Limits,
-    Protocol, RolloutState, blocks_with_pil, condition_tools, image_bytes, messages_with_pil, text_of, to_pil,
+    ANSWER, CONDITION_TOOLS, IMAGE_SEARCH, INVALID, SEARCH_KINDS, TEXT_SEARCH, VISION_PLACEHOLDER, Limits,
+    Protocol, RolloutState, ToolCall, blocks_with_pil, condition_tools, image_bytes, messages_with_pil, text_of, to_pil,
 )
-from pipeline.rollout.protocols.environment import SearchEnvironment
 from pipeline.rollout.protocols.mmsearch_r1 import MMSearchR1Protocol
 from pipeline.rollout.protocols.tool_calls import ToolCallsProtocol
 
 PROTOCOLS = {"mmsearch_r1": MMSearchR1Protocol, "tool_calls": ToolCallsProtocol}
 
 
-def get_protocol(name: str, limits: Limits | None = None, **options) -> Protocol:
-    """The protocol `name` with `limits` (paper defaults when None). Options: `require_reason` (mmsearch_r1)."""
+def get_protocol(name: str, limits: Limits | None = None) -> Protocol:
+    """The protocol `name` with `limits` (paper defaults when None)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; use one of {sorted(PROTOCOLS)}")
-    return PROTOCOLS[name](limits, **options)
+    return PROTOCOLS[name](limits)
 
 
 __all__ = [
-    "ANSWER", "Action", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "MMSearchR1Protocol", "PROTOCOLS",
-    "Protocol", "RolloutState", "SEARCH_KINDS", "SearchEnvironment", "TEXT_SEARCH", "ToolCallsProtocol",
+    "ANSWER", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "MMSearchR1Protocol", "PROTOCOLS",
+    "Protocol", "RolloutState", "SEARCH_KINDS", "TEXT_SEARCH", "ToolCall", "ToolCallsProtocol",
     "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "get_protocol", "image_bytes", "messages_with_pil",
     "text_of", "to_pil",
 ]

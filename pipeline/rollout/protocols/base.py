@@ -1,9 +1,10 @@
-"""What every rollout protocol shares: limits, parsed actions, per-rollout state and the Protocol interface.
+"""What every rollout protocol shares: limits, the tool call of a turn, per-rollout state and the Protocol interface.
 
 A protocol is data (prompts, a Jinja chat template, a declarative `response_template` for
-`tokenizer.parse_response`) plus one small class. The probe loop, the GRPO trainer (TRL's native tool loop through
-`make_environment_class`) and the evaluator all use the same object, so a turn is rendered and judged the same
-way everywhere. Nothing here reads or writes files.
+`tokenizer.parse_response`) plus one small class. The probe loop, the GRPO trainer (TRL's native tool loop over
+`pipeline.rollout.environment`) and the evaluator all use the same object: a turn is rendered the same way, its
+tool call is read by the same parser (`parse_call`, TRL's) and the trajectory is scored by the same scorer
+(`score`, `pipeline.rollout.score`). Nothing here reads or writes files.
 """
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pipeline.config import param
-from pipeline.schema import ACTIONS
+from pipeline.rollout.score import ANSWER, IMAGE_SEARCH, INVALID, TEXT_SEARCH, TrajectoryScore, score_turns
 
-IMAGE_SEARCH, TEXT_SEARCH, ANSWER, INVALID = "image_search", "text_search", "answer", "invalid"
 SEARCH_KINDS = (IMAGE_SEARCH, TEXT_SEARCH)
 
 # Tools each probe/evaluation condition offers. `direct` / `on_demand` are the evaluator's names for the same thing.
@@ -46,24 +46,13 @@ class Limits:
             raise ValueError("search budgets must be >= 0")
 
 
-@dataclass
-class Action:
-    """One parsed assistant turn. `kind` is one of pipeline.schema.ACTIONS; `error` says why a turn is invalid."""
+@dataclass(frozen=True)
+class ToolCall:
+    """The tool call a model turn asks for, as TRL's parser reads it: `kind` (image_search | text_search, or the
+    unknown tool name the model wrote) and the text query."""
 
     kind: str
     query: str = ""
-    answer: str = ""
-    reason: str = ""
-    raw: str = ""
-    error: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ACTIONS:
-            raise ValueError(f"Action.kind {self.kind!r} is not one of {ACTIONS}")
-
-    @property
-    def is_search(self) -> bool:
-        return self.kind in SEARCH_KINDS
 
 
 @dataclass
@@ -76,12 +65,12 @@ class RolloutState:
     n_text_search: int = 0
     actions: list[str] = field(default_factory=list)
 
-    def record(self, action: Action, executed: bool) -> None:
-        """Account for `action` at the current turn and move to the next turn."""
-        self.actions.append(action.kind)
-        if executed and action.kind == IMAGE_SEARCH:
+    def record(self, kind: str, executed: bool) -> None:
+        """Account for a `kind` call at the current turn and move to the next turn."""
+        self.actions.append(kind)
+        if executed and kind == IMAGE_SEARCH:
             self.n_image_search += 1
-        elif executed and action.kind == TEXT_SEARCH:
+        elif executed and kind == TEXT_SEARCH:
             self.n_text_search += 1
         self.turn += 1
 
@@ -175,50 +164,31 @@ class Protocol:
     def new_state(self, condition: str = "tools") -> RolloutState:
         return RolloutState(tools=condition_tools(condition))
 
-    def check_action(self, state: RolloutState, action: Action) -> str:
-        """"" when `action` may run at `state.turn`, else the refusal text (shown to the model as the tool result)."""
-        lim = self.limits
-        if action.kind == INVALID:
-            return f"Invalid turn: {action.error or 'no valid action found'}."
-        if action.kind == ANSWER:
-            return ""
-        label = "Image search" if action.kind == IMAGE_SEARCH else "Text search"
-        if action.kind not in state.tools:
-            return f"{label} is not available in this setting. Answer from what you know."
-        if state.turn >= lim.max_turns:
-            return f"{label} is not allowed: this was the last turn, so you must answer now."
-        if action.kind == IMAGE_SEARCH:
-            if lim.image_search_first_turn_only and state.turn != 1:
-                return "Image search is not allowed here: it is only available in the first turn."
-            if state.n_image_search >= lim.max_image_search:
-                return f"Image search is not allowed: the limit of {lim.max_image_search} image search(es) is used up."
-        if action.kind == TEXT_SEARCH:
-            if state.n_text_search >= lim.max_text_search:
-                return f"Text search is not allowed: the limit of {lim.max_text_search} text search(es) is used up."
-            if not action.query.strip():
-                return "Text search needs a non-empty query."
-        return ""
-
-    def sequence_ok(self, kinds: Iterable[str], condition: str = "tools") -> bool:
-        """True when a rollout's action kinds form a valid trajectory: searches allowed where they happen, and it
-        ends with exactly one answer (the last turn). The paper's format reward checks this."""
-        kinds = list(kinds)
-        if not kinds or kinds[-1] != ANSWER or len(kinds) > self.limits.max_turns:
-            return False
-        state = self.new_state(condition)
-        for k in kinds[:-1]:
-            if k not in SEARCH_KINDS or self.check_action(state, Action(k, query="q")):
-                return False
-            state.record(Action(k, query="q"), executed=True)
-        return True
-
     # ----------------------------------------------------------------- rendering
     def initial_messages(self, item: Mapping[str, Any], condition: str = "tools", with_image: bool = True,
                          embed_image: bool = True) -> list[dict]:
         raise NotImplementedError
 
-    def parse_turn(self, text: str) -> Action:
-        raise NotImplementedError
+    def parse_call(self, text: str) -> ToolCall | None:
+        """The tool call of one model turn exactly as TRL's GRPOTrainer reads it (transformers' `parse_response`
+        with this protocol's response template; TRL falls back to plain text when parsing fails), or None when the
+        turn calls no tool (it is then the rollout's last turn)."""
+        from transformers.utils.chat_parsing import parse_response
+
+        spec = self.response_template
+        try:
+            msg = parse_response(self.strip_eos(text) + self.eos_text, spec, prefix=spec.get("start_anchor", ""))
+        except (ValueError, TypeError):
+            return None
+        for call in (msg or {}).get("tool_calls") or []:
+            f = call.get("function") if isinstance(call, Mapping) else None
+            if not isinstance(f, Mapping) or not f.get("name"):
+                return None
+            args = f.get("arguments") or {}
+            query = args.get("query", "") if isinstance(args, Mapping) else ""
+            kinds = {name: kind for kind, name in self.tool_names.items()}
+            return ToolCall(kinds.get(f["name"], str(f["name"])), query if isinstance(query, str) else str(query))
+        return None
 
     def tool_result_message(self, result: Any, question: str, turn: int, last_turn: bool,
                             with_images: bool = True, condition: str = "tools", tool: str = "") -> dict:
@@ -237,7 +207,7 @@ class Protocol:
         """The text after a tool result: the question again and what the model may do next."""
         raise NotImplementedError
 
-    def assistant_message(self, text: str, action: Action | None = None) -> dict:
+    def assistant_message(self, text: str) -> dict:
         """The assistant turn as it goes back into the conversation: the raw text, so re-rendering reproduces
         exactly what the model wrote (prefix caching and evidence fidelity)."""
         return {"role": "assistant", "content": self.strip_eos(text)}
@@ -256,15 +226,20 @@ class Protocol:
 
     def turn_text(self, message: Mapping[str, Any]) -> str:
         """The model's text of an assistant message, raw or parsed by `tokenizer.parse_response` (content + tool
-        calls rendered back), so `parse_turn` judges TRL completions and probe rollouts alike."""
+        calls rendered back), the fallback when a completion's own token ids are not at hand."""
         text = text_of(message.get("content")).strip()
         for call in message.get("tool_calls") or []:
             text += self.tool_call_to_text(call)
         return text
 
-    def actions_from_messages(self, messages: Iterable[Mapping[str, Any]]) -> list[Action]:
-        """One Action per assistant message in a (completion) message list."""
-        return [self.parse_turn(self.turn_text(m)) for m in messages if m.get("role") == "assistant"]
+    def score(self, turns: list[str], rule: str = "paper", condition: str = "tools") -> TrajectoryScore:
+        """The one scorer (`pipeline.rollout.score`) over this protocol's turn format, limits and the condition's
+        tools."""
+        return score_turns(turns, self.name, rule, self.limits, condition_tools(condition))
+
+    def turns_from_messages(self, messages: Iterable[Mapping[str, Any]]) -> list[str]:
+        """The model's turn texts of a message list (TRL completion or evidence), for `pipeline.rollout.score`."""
+        return [self.turn_text(m) for m in messages if m.get("role") == "assistant"]
 
     # ----------------------------------------------------------------- tokenizers and TRL
     def prepare_tokenizer(self, tok: Any) -> Any:
@@ -284,10 +259,6 @@ class Protocol:
         return tok.apply_chat_template(messages, tools=self.tools_for(condition), chat_template=self.chat_template,
                                        add_generation_prompt=add_generation_prompt, tokenize=False)
 
-    def make_environment_class(self, tools: Any, limits: Limits | None = None, with_images: bool = True,
-                               condition: str = "tools") -> type:
-        raise NotImplementedError
-
 
 def dataclasses_copy(obj: Any) -> Any:
     """Deep copy of a JSON-like dict (so a tokenizer never shares the protocol's template dict)."""
@@ -297,8 +268,8 @@ def dataclasses_copy(obj: Any) -> Any:
 
 
 __all__ = [
-    "ANSWER", "Action", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "Protocol", "RolloutState",
-    "SEARCH_KINDS", "TEXT_SEARCH", "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "image_bytes",
+    "ANSWER", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "Protocol", "RolloutState",
+    "SEARCH_KINDS", "TEXT_SEARCH", "ToolCall", "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "image_bytes",
     "messages_with_pil",
     "text_of", "to_pil",
 ]
