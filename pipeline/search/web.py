@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from pipeline.search.backends import Backend
@@ -121,6 +121,26 @@ class HttpClient:
             return resp.json()
         except ValueError:
             raise SearchError(f"{what}: response is not JSON ({resp.text[:80]!r}...)") from None
+
+
+def thumbnail_fetcher(web) -> Callable[[str], bytes | None]:
+    """url -> image bytes, through HttpClient (timeouts, retries, per-host limit) with `web`'s settings; None when
+    the download fails or the body is not an image (dead thumbnail URLs are common in old caches)."""
+    client = HttpClient(web.timeout_s, web.retries, web.backoff_s, web.concurrency)
+
+    def fetch(url: str) -> bytes | None:
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            data = client.request("GET", url, "thumbnail download").content
+            Image.open(io.BytesIO(data)).verify()
+        except (SearchError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None
+        return data
+
+    return fetch
 
 
 def _key(env_name: str, required: bool, what: str) -> str:
