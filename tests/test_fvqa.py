@@ -184,3 +184,28 @@ def test_compare_without_reference_and_with_odd_values():
     assert m["items"] == 3 and m["unrecognised"] == 1 and m["not_probed"] == 1 and m["compared"] == 1
     assert m["agreement"] == 1.0 and m["kappa"] == 1.0  # one class only on both sides: perfect, by definition
     assert [r["agree"] for r in rows] == [None, True, None]
+
+
+def test_dataset_card_shows_the_agreement(tmp_path):
+    """The card's agreement section comes from the label metrics' `reference` (absent when no item has one)."""
+    from pipeline.curate.reference import compare
+    from pipeline.io import write_json
+    from pipeline.publish.folder import build_dataset
+    from stages.publish import Params as PublishParams
+    from test_publish_world import make_world
+
+    make_world(tmp_path, with_label_metrics=True)
+    p = build(PublishParams, {"verify_load": False})
+    assert "Agreement with the source's reference label" not in (build_dataset(p, tmp_path).folder / "README.md").read_text()
+    items = [{"id": str(i), "meta": json.dumps({"reference_label": ref, "data_id": f"fvqa_train_{i}"})}
+             for i, ref in enumerate(["search_free", "search_required", "search_required", "search_free", "search_required"])]
+    ours = {"0": "search_free", "1": "text_search_required", "2": "search_free", "3": "search_free", "4": "unanswerable"}
+    reference, _ = compare(items, ours)
+    write_json({"labelled": 20, "reference": reference}, tmp_path / "data/label/metrics.json")
+    card = (build_dataset(p, tmp_path).folder / "README.md").read_text()
+    section = card[card.index("## Agreement with the source's reference label"):]
+    assert "5 items carry a reference search label" in section and "Over the 4 items compared" in section
+    assert "agrees with the reference on 75.0% (Cohen's kappa 0.5)" in section
+    assert "| ours \\ reference | `search_free` | `search_required` |" in section
+    assert "| `search_free` | 2 | 1 |" in section and "| `search_required` | 0 | 1 |" in section
+    assert "| `unanswerable` | 0 | 1 |" in section

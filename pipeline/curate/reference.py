@@ -118,4 +118,19 @@ def compare(items: Iterable[Mapping[str, Any]], labels: Mapping[str, str]) -> tu
     return metrics, rows
 
 
-__all__ = ["CLASSES", "META_KEY", "OURS", "collapse", "compare", "is_search_label", "reference_features", "reference_of"]
+def card_summary(metrics: Mapping[str, Any]) -> dict | None:
+    """What the dataset card shows: the label metrics' `reference` section (from `metrics["label"].files`, the card's
+    loaded metrics) as {items, compared, agreement, kappa, not_probed, unrecognised, rows: [[ours, n per class]]},
+    or None when no item carries a reference label."""
+    for obj in getattr(metrics.get("label"), "files", {}).values():
+        ref = obj.get("reference") if isinstance(obj, Mapping) else None
+        if isinstance(ref, Mapping) and ref.get("items"):
+            confusion = ref.get("confusion") or {}
+            rows = [[o, *[int((confusion.get(f"ours_{o}") or {}).get(f"theirs_{c}", 0)) for c in CLASSES]] for o in OURS]
+            return {k: ref.get(k) for k in ("items", "compared", "agreement", "kappa", "not_probed", "unrecognised")} | {
+                "columns": list(CLASSES), "rows": rows}
+    return None
+
+
+__all__ = ["CLASSES", "META_KEY", "OURS", "card_summary", "collapse", "compare", "is_search_label",
+           "reference_features", "reference_of"]
