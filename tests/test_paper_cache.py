@@ -161,6 +161,9 @@ def test_other_classes_are_refused_by_name_and_never_run(tmp_path, release):
         assert "PIL.JpegImagePlugin.JpegImageFile" in str(exc.value) and str(path) in str(exc.value)
         assert isinstance(exc.value, pickle.UnpicklingError)
     assert not marker.exists() and cache.stats()["entries"] == 0
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps({"a": {TITLES: ["x"], IMAGES: ["u"]}})[:-5])
+    with pytest.raises(ValueError, match="cut.pkl: not a readable pickle"):
+        cache.import_paper_cache(tmp_path / "cut.pkl")
 
 
 def test_allowed_class_with_a_bad_state_keeps_the_title_and_says_why(tmp_path):

@@ -113,6 +113,8 @@ def read_paper_cache(path: str | os.PathLike) -> dict:
                 data = _Unpickler(f).load()
             except PaperCacheRefused as exc:
                 raise PaperCacheRefused(f"{path}: {exc}") from None
+            except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); download it again") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict keyed by data_id, got {type(data).__name__}")
     return data
