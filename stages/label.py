@@ -4,7 +4,9 @@ Reads:  <items> (data/dedup/items.parquet) and <probe_dir>/<condition>/evidence.
 Writes: <out_dir>/labels.parquet (LABEL_FEATURES: label, rule_version, pass rate per condition, n_rollouts,
         confidence, reason) for items with a usable label; <out_dir>/exclusions.parquet (EXCLUSION_FEATURES):
         unanswerable items (with the evidence summary) and items that were not probed; <out_dir>/metrics.json
-        (counts and shares per label, pass rates, rule version). Items in = labelled + excluded.
+        (counts and shares per label, pass rates, rule version, and `reference`: agreement and a confusion table
+        with the reference label some sources carry, e.g. FVQA's `category`; see pipeline/curate/reference.py);
+        <out_dir>/reference.parquet: per item with a reference label, ours vs theirs. Items in = labelled + excluded.
 The rule (`pipeline.curate.label`, RULE_VERSION) is documented there; its thresholds are `rule.*` below.
 Does not support: mixing evidence of different models (the evidence's model column is reported, not checked).
 """
@@ -22,7 +24,7 @@ class Params:
     items: str = param("data/dedup/items.parquet", help="the items that were probed (ITEM_FEATURES)")
     probe_dir: str = param("data/probe", help="evidence folder: <probe_dir>/<condition>/evidence.parquet")
     conditions: list[str] = param(["closed_book", "tools"], help="conditions whose evidence is read")
-    out_dir: str = param("data/label", help="labels.parquet, exclusions.parquet and metrics.json are written here")
+    out_dir: str = param("data/label", help="labels.parquet, exclusions.parquet, reference.parquet and metrics.json are written here")
     rule: RuleParams = param(factory=RuleParams, help="thresholds of the label rule")
 
 
@@ -35,6 +37,7 @@ def run(params: Params, args) -> int:
 
     from pipeline.io import exclusion, write_exclusions, write_json
     from pipeline.curate.label import RULE_VERSION, label_items
+    from pipeline.curate.reference import compare, reference_features
     from pipeline.schema import LABEL_FEATURES, LABELS, read_items, write_table
 
     items = read_items(params.items)
@@ -68,6 +71,10 @@ def run(params: Params, args) -> int:
         LABEL_FEATURES.arrow_schema.empty_table()
     write_table(table, out / "labels.parquet")
     write_exclusions(excluded, out / "exclusions.parquet")
+    reference, ref_rows = compare(({"id": i, "meta": m} for i, m in zip(ids, items["meta"])),
+                                  {l["id"]: l["label"] for l in labels})
+    write_table(datasets.Dataset.from_list(ref_rows, features=reference_features()).data.table if ref_rows else
+                reference_features().arrow_schema.empty_table(), out / "reference.parquet")
     counts = Counter(l["label"] for l in labels)
     n = len(labels)
 
@@ -87,9 +94,13 @@ def run(params: Params, args) -> int:
         "mean_pass_rate": {c: mean(f"pass_rate_{c}") for c in params.conditions},
         "mean_confidence": round(sum(l["confidence"] for l in labels) / n, 4) if n else 0.0,
         "models": sorted(models),
+        "reference": reference,
     }
     write_json(metrics, out / "metrics.json")
     assert len(ids) == len(keep) + len(excluded)
     print(f"label: {n} probed items -> " + ", ".join(f"{k} {counts.get(k, 0)}" for k in LABELS)
           + f"; {len(keep)} labelled, {len(excluded)} excluded -> {out}")
+    if reference["items"]:
+        print(f"label: {reference['items']} items carry a reference label; agreement {reference['agreement']} "
+              f"(kappa {reference['kappa']}) over {reference['compared']} compared -> {out / 'reference.parquet'}")
     return 0

@@ -210,7 +210,10 @@ def test_paper_cache_import_and_replay_by_data_id(tmp_path):
     pkl.write_bytes(pickle.dumps(paper))
     params = build(SearchParams, {"image_backend": "paper_replay", "cache": {"mode": "replay_only", "path": "c.sqlite"}})
     tools = SearchTools(params, tmp_path)
-    assert tools.cache.import_paper_cache(pkl) == {"imported": 2, "rejected": 1}
+    report = tools.cache.import_paper_cache(pkl)
+    assert (report["imported"], report["rejected"], report["urls_without_image"]) == (2, 1, 4)
+    assert report["problems"] == ["data_id broken: rejected: entry lacks the lists 'tool_returned_web_title_list' "
+                                  "and 'tool_returned_images_urls'"]
     r = tools.image_search(PNG, context={"data_id": "fvqa_train_67"})
     assert [h.title for h in r.hits] == ["Södertälje city - Wikidata", "B", "C"] and r.from_cache
     assert r.hits[0].url == "https://img/1.jpg" and r.n_images == 0

@@ -607,6 +607,8 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
     infos = dataset_infos(configs, tmp, files)
 
     # ---- card ----
+    from pipeline.curate.reference import card_summary as reference_card_summary
+
     metrics = cards.load_metrics(p.metrics, root)
     for name in METRIC_SECTIONS:
         metrics.setdefault(name, cards.MetricsSection(name, {}, []))
@@ -668,6 +670,7 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
         "versions": cards.env_summary(),
         "params_yaml": cards.params_yaml(Path(params_file)),
         "limits": cards.known_limits(probe=probe, cache=cache_info, before=before, search_share=search_share),
+        "reference": reference_card_summary(metrics),  # agreement with a source's reference label (e.g. FVQA's)
     }
     template = root / p.template
     if not template.exists():  # a relative template path also resolves against the code's own checkout

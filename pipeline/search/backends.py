@@ -67,8 +67,9 @@ class PaperReplayBackend(Backend):
         )
 
 
-def make_backend(tool: str, params, root: Path) -> Backend:
-    """The backend that serves `tool` under `params` (a SearchParams); paths are relative to `root`."""
+def make_backend(tool: str, params, root: Path, cache=None) -> Backend:
+    """The backend that serves `tool` under `params` (a SearchParams); paths are relative to `root`. `cache` (the
+    SearchCache) keeps the public URLs of uploaded query images for Google Lens."""
     if tool == "image_search":
         choice = params.image_backend
         if choice == "local":
@@ -80,7 +81,7 @@ def make_backend(tool: str, params, root: Path) -> Backend:
         if choice == "serpapi":
             from pipeline.search.web import LensBackend
 
-            return LensBackend(params.web, params.cost)
+            return LensBackend(params.web, params.cost, cache)
     elif tool == "text_search":
         choice = params.text_backend
         if choice == "local":

@@ -7,13 +7,13 @@ served as results. Nothing secret is ever stored: only the tool input (query tex
 
 Reads/writes: the sqlite file at `path` (plus its -wal/-shm companions); `export_parquet` / `import_parquet` write and
 read a `datasets`-loadable parquet file; `import_paper_cache` reads the MMSearch-R1 released image-search cache
-(a pickled or JSON dict keyed by data_id).
+(a pickled or JSON dict keyed by data_id, see `pipeline.search.paper_cache`). The `image_urls` table remembers where
+a query image was uploaded (by the sha256 of its bytes), so Google Lens gets one public URL per image, ever.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import sqlite3
 import threading
 from pathlib import Path
@@ -23,8 +23,6 @@ from pipeline.search.types import SearchHit, SearchResult, sha256_hex
 
 PAPER_REPLAY_BACKEND = "paper_replay"
 PAPER_REPLAY_VERSION = "mmsearch-r1-release-1"
-PAPER_TITLES = "tool_returned_web_title_list"
-PAPER_URLS = "tool_returned_images_urls"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -34,6 +32,8 @@ CREATE TABLE IF NOT EXISTS blobs (sha TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (
   key TEXT PRIMARY KEY, tool TEXT NOT NULL, backend TEXT NOT NULL, backend_version TEXT NOT NULL,
   input TEXT NOT NULL, query TEXT NOT NULL, error TEXT NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS image_urls (sha TEXT NOT NULL, destination TEXT NOT NULL, url TEXT NOT NULL,
+  PRIMARY KEY (sha, destination));
 """
 
 
@@ -232,34 +232,54 @@ class SearchCache:
         return {"imported": imported, "rejected": rejected}
 
     def import_paper_cache(self, source: str | os.PathLike | dict, fetch_thumbnail: Callable[[str], bytes | None] | None = None,
-                           k: int = 5) -> dict[str, int]:
+                           k: int = 5, threads: int = 8) -> dict[str, Any]:
         """Import the paper's released image-search cache: {data_id: {"tool_returned_web_title_list": [...],
-        "tool_returned_images_urls": [...]}} from a dict, a .pkl or a .json file.
+        "tool_returned_images_urls": [...]}} from a dict, a .pkl (restricted unpickler, see
+        `pipeline.search.paper_cache`) or a .json file.
 
         Each entry becomes the `paper_replay` backend's result for that data_id (key: cache_key("image_search",
-        "paper_replay", PAPER_REPLAY_VERSION, "data_id=<id>")); hit titles are the web titles, URLs the thumbnail URLs.
-        `fetch_thumbnail(url)` (optional, online) downloads thumbnails; otherwise hits carry no image. Entries that
-        are not of that shape are counted as rejected. Returns {"imported", "rejected"}.
+        "paper_replay", PAPER_REPLAY_VERSION, "data_id=<id>")): hit titles are the web titles; an image element
+        becomes the hit's thumbnail (stored once in the blob table), a URL element the hit's URL, and its thumbnail
+        when `fetch_thumbnail(url)` (online, optional) downloads it. Returns counts (imported, rejected entries;
+        results; thumbnails stored from images and from URLs; URL results left without an image) and `problems`:
+        one line per rejected entry or unusable result, naming the data_id. Raises PaperCacheRefused (nothing
+        imported) when the pickle names a class that is not allowed.
         """
-        data = source if isinstance(source, dict) else load_paper_cache(source)
-        imported = rejected = 0
+        from pipeline.search import paper_cache as pc
+
+        data = source if isinstance(source, dict) else pc.read_paper_cache(source)
+        entries, problems = {}, []
         for data_id in sorted(data, key=str):
-            entry = data[data_id]
-            titles = entry.get(PAPER_TITLES) if isinstance(entry, dict) else None
-            urls = entry.get(PAPER_URLS) if isinstance(entry, dict) else None
-            if not isinstance(titles, (list, tuple)) or not isinstance(urls, (list, tuple)):
-                rejected += 1
-                continue
-            hits = []
-            for title, url in zip(titles, urls):
-                thumb = fetch_thumbnail(str(url)) if fetch_thumbnail else None
-                hits.append(SearchHit(title=str(title), url=str(url), snippet="", thumbnail=thumb))
-            inp = paper_input(str(data_id))
+            lists = pc.entry_lists(data[data_id])
+            if isinstance(lists, str):
+                problems.append(f"data_id {data_id}: rejected: {lists}")
+            else:
+                entries[str(data_id)] = lists
+        urls = [x for _, images in entries.values() for x in images if isinstance(x, str)]
+        fetched = pc.fetch_all(urls, fetch_thumbnail, threads) if fetch_thumbnail else {}
+        counts = {"results": 0, "thumbnails_from_images": 0, "thumbnails_from_urls": 0, "urls_without_image": 0}
+        for data_id, (titles, images) in entries.items():
+            hits, probs = pc.paper_hits(titles, images, fetched)
+            problems += [f"data_id {data_id}: {p}" for p in probs]
+            for h, img in zip(hits, images):
+                counts["thumbnails_from_urls" if isinstance(img, str) else "thumbnails_from_images"] += bool(h.thumbnail)
+                counts["urls_without_image"] += isinstance(img, str) and not h.thumbnail
+            counts["results"] += len(hits)
+            inp = paper_input(data_id)
             key = cache_key("image_search", PAPER_REPLAY_BACKEND, PAPER_REPLAY_VERSION, inp)
             self.put(key, "image_search", PAPER_REPLAY_BACKEND, PAPER_REPLAY_VERSION, inp, f"data_id {data_id}",
                      max(k, len(hits)), hits)
-            imported += 1
-        return {"imported": imported, "rejected": rejected}
+        return {"imported": len(entries), "rejected": len(data) - len(entries), **counts, "problems": problems}
+
+    # -- public URLs of query images (Google Lens needs one) ---------------------------------------------------
+    def image_url(self, sha: str, destination: str) -> str | None:
+        """The public URL an image (sha256 of its bytes) was uploaded to at `destination`, or None."""
+        row = self._con().execute("SELECT url FROM image_urls WHERE sha=? AND destination=?", (sha, destination)).fetchone()
+        return row[0] if row else None
+
+    def put_image_url(self, sha: str, destination: str, url: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO image_urls(sha, destination, url) VALUES (?, ?, ?)", (sha, destination, url))
 
 
 def export_features():
@@ -281,25 +301,3 @@ def export_features():
             "thumbnail": datasets.Image(),
         }),
     })
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """The released cache is a plain dict of lists of strings: refuse any class (pickle can run code)."""
-
-    def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the cache file: only plain data is allowed")
-
-
-def load_paper_cache(path: str | os.PathLike) -> dict:
-    """Read the paper's cache file (.pkl with plain dicts/lists/strings only, or .json)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"paper cache {str(path)!r} not found")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        with open(path, "rb") as f:
-            data = _SafeUnpickler(f).load()
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict keyed by data_id, got {type(data).__name__}")
-    return data

@@ -37,17 +37,42 @@ class LocalParams:
 
 
 @dataclasses.dataclass
+class UploadParams:
+    """Where query images without a public URL go, so that Google Lens can fetch them (pipeline/search/image_host.py)."""
+
+    to: Literal["none", "hub", "fsspec", "post"] = param(
+        "none",
+        help="Google Lens needs a public image URL. An item's meta.image_url is used as it is; other images are "
+        "uploaded once and their URL is remembered by the image's sha256 in the search cache. none: no upload (such "
+        "calls fail with a clear error); hub: the dataset's Hub repo (repo_id; needs HF_HUB_OFFLINE=0 and a token); "
+        "fsspec: any fsspec location (fsspec_url) served at public_url_template; post: an endpoint (post_url)",
+    )
+    repo_id: str = param("", help="hub: the dataset repo ORG/NAME (usually the one you publish to); it must be public for Lens to read the images")
+    revision: str = param("main", help="hub: branch the images are committed to; the URLs name the commit, so they stay valid")
+    folder: str = param("lens_images", help="hub: folder of the repo the images go to, as <sha256>.<ext>")
+    fsspec_url: str = param("", help="fsspec: writable folder, e.g. s3://bucket/lens or gcs://bucket/lens (credentials from that filesystem's own environment)")
+    public_url_template: str = param("", help="fsspec: public URL of an uploaded file; {name} = <sha256>.<ext>, e.g. https://bucket.s3.amazonaws.com/lens/{name}")
+    post_url: str = param("", help="post: endpoint that takes the image bytes (POST) and answers JSON {\"url\": ...}")
+    batch: int = param(256, help="hub: images per commit when uploading many at once (search --upload-images)")
+
+    def validate(self) -> None:
+        need = {"hub": ("repo_id",), "fsspec": ("fsspec_url", "public_url_template"), "post": ("post_url",)}
+        missing = [k for k in need.get(self.to, ()) if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"upload.to={self.to} needs upload.{missing[0]}")
+        if self.to == "fsspec" and "{name}" not in self.public_url_template:
+            raise ValueError("upload.public_url_template must contain {name} (the uploaded file's name)")
+        if self.batch < 1:
+            raise ValueError("upload.batch must be >= 1")
+
+
+@dataclasses.dataclass
 class WebParams:
     serpapi_base_url: str = param("https://serpapi.com/search.json", help="SerpAPI endpoint (Google Lens and Google Search)")
     serpapi_key_env: str = param("SERPAPI_API_KEY", help="name of the env var holding the SerpAPI key (never the key)")
     lens_type: str = param("visual_matches", help="SerpAPI google_lens `type`: all | products | exact_matches | visual_matches")
     hl: str = param("en", help="interface language sent to SerpAPI")
     gl: str = param("us", help="country sent to SerpAPI google (google_lens: `country`)")
-    image_upload_url: str = param(
-        "",
-        help="Google Lens needs a public image URL. When the item carries none (meta.image_url), the query image is "
-        "POSTed to this endpoint, which must answer JSON {\"url\": ...}; empty: such calls fail with a clear error",
-    )
     reader_base_url: str = param("https://r.jina.ai/", help="page reader: GET <base><page url> returns the page as text")
     reader_key_env: str = param("JINA_API_KEY", help="env var with the reader's bearer token (optional; unset = none)")
     summarizer_base_url: str = param(
@@ -63,6 +88,7 @@ class WebParams:
     backoff_s: float = param(1.0, help="first backoff; doubles each retry; a Retry-After header wins when present")
     concurrency: int = param(4, help="at most this many requests in flight per provider (all threads of a process)")
     fetch_thumbnails: bool = param(True, help="download result thumbnails so image results carry images")
+    upload: UploadParams = param(factory=UploadParams, help="public URLs for query images (Google Lens needs one)")
 
 
 @dataclasses.dataclass

@@ -100,7 +100,7 @@ class SearchTools:
     def backend(self, tool: str) -> Backend:
         with self._lock:
             if tool not in self._backends:
-                self._backends[tool] = make_backend(tool, self.params, self.root)
+                self._backends[tool] = make_backend(tool, self.params, self.root, self.cache)
             return self._backends[tool]
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from pipeline.search.backends import Backend
@@ -123,6 +123,26 @@ class HttpClient:
             raise SearchError(f"{what}: response is not JSON ({resp.text[:80]!r}...)") from None
 
 
+def thumbnail_fetcher(web) -> Callable[[str], bytes | None]:
+    """url -> image bytes, through HttpClient (timeouts, retries, per-host limit) with `web`'s settings; None when
+    the download fails or the body is not an image (dead thumbnail URLs are common in old caches)."""
+    client = HttpClient(web.timeout_s, web.retries, web.backoff_s, web.concurrency)
+
+    def fetch(url: str) -> bytes | None:
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            data = client.request("GET", url, "thumbnail download").content
+            Image.open(io.BytesIO(data)).verify()
+        except (SearchError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None
+        return data
+
+    return fetch
+
+
 def _key(env_name: str, required: bool, what: str) -> str:
     value = os.environ.get(env_name, "") if env_name else ""
     if required and not value:
@@ -162,10 +182,16 @@ class _WebBackend(Backend):
 
 
 class LensBackend(_WebBackend):
-    """image_search through SerpAPI Google Lens. Lens needs a public image URL: the item's `image_url` (context) or
-    an upload to `web.image_upload_url`."""
+    """image_search through SerpAPI Google Lens. Lens needs a public image URL: the item's `image_url` (context) as
+    it is, else the URL of the image uploaded once per `web.upload` (pipeline/search/image_host.py)."""
 
     tool = "image_search"
+
+    def __init__(self, web, cost, store=None):
+        from pipeline.search.image_host import ImageHost
+
+        super().__init__(web, cost)
+        self.host = ImageHost(web.upload, store, self._client)
 
     def version(self) -> str:
         return f"{WEB_VERSION}+google_lens+{self.web.lens_type}+{self.web.hl}-{self.web.gl}"
@@ -174,24 +200,9 @@ class LensBackend(_WebBackend):
     def cost_per_call(self) -> float:  # type: ignore[override]
         return self.cost.serpapi_usd_per_call
 
-    def _image_url(self, client: HttpClient, image: bytes, context: Mapping[str, Any] | None) -> str:
-        url = str((context or {}).get("image_url") or "")
-        if url.startswith(("http://", "https://")):
-            return url
-        if not self.web.image_upload_url:
-            raise SearchError("SerpAPI google_lens needs a public image URL: give the item meta.image_url or set "
-                              "search.web.image_upload_url")
-        resp = client.request("POST", self.web.image_upload_url, "image upload", data=image,
-                              headers={"Content-Type": "application/octet-stream"})
-        try:
-            url = resp.json()["url"]
-        except (ValueError, KeyError, TypeError):
-            raise SearchError("image upload: response is not JSON {\"url\": ...}") from None
-        return str(url)
-
     def search(self, value: Any, k: int, context: Mapping[str, Any] | None = None) -> list[SearchHit]:
         client = self._client()
-        image_url = self._image_url(client, bytes(value), context)
+        image_url = self.host.public_url(bytes(value), context)
         data = self._serpapi(client, {"engine": "google_lens", "url": image_url, "type": self.web.lens_type,
                                       "hl": self.web.hl, "country": self.web.gl}, "SerpAPI google_lens")
         matches = data.get("visual_matches") or data.get("exact_matches") or []
