@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
-from pipeline.publish.card import validate_card
 from pipeline.config import build
-from pipeline.publish.folder import PublishError, build_dataset, manifest, validate_folder
-from stages.publish import Params as PublishParams
+from pipeline.publish.build import build_dataset
+from pipeline.publish.folder import manifest
+from pipeline.publish.inputs import PublishError
+from pipeline.publish.params import PublishParams
+from pipeline.publish.validate import validate_card, validate_folder
 from pipeline.schema import EXCLUSION_FEATURES, LABELS, ROLLOUT_FEATURES
 from test_publish_world import SPLIT_SIZES, make_world, publishable
 
@@ -207,3 +209,42 @@ def test_validation_catches_broken_folders(built, tmp_path):
 
     readme.write_text("no header\n")
     assert validate_folder(folder) == ["README.md: the card must start with a YAML header (---)"]
+
+
+def test_card_is_a_datasetcard_of_the_template_with_its_metadata(tmp_path):
+    from huggingface_hub import DatasetCardData
+
+    from pipeline.publish.card import CardError, render_card
+
+    data = DatasetCardData(license=["mit"], pretty_name="x", tags=["vqa"])
+    ok = tmp_path / "ok.md.jinja"
+    ok.write_text("---\n{{ card_data }}\n---\n# {{ pretty_name }} {{ 0.5 | pct }}\n")
+    card = render_card({"pretty_name": "Title"}, data, ok)
+    assert card.data.to_dict() == data.to_dict() and card.text.strip() == "# Title 50.0%"
+
+    no_header = tmp_path / "no_header.md.jinja"  # the metadata made by the libraries must reach the card
+    no_header.write_text("# {{ pretty_name }}\n")
+    with pytest.raises(CardError, match="card_data"):
+        render_card({"pretty_name": "Title"}, data, no_header)
+    undefined = tmp_path / "undefined.md.jinja"  # a figure the context lacks is an error, not a blank
+    undefined.write_text("---\n{{ card_data }}\n---\n{{ not_given }}\n")
+    with pytest.raises(CardError, match="not_given"):
+        render_card({}, data, undefined)
+
+
+def test_images_given_by_local_path_are_embedded_with_their_file_name(tmp_path):
+    from pipeline.publish.folder import make_config
+
+    from test_publish_world import png
+
+    (tmp_path / "a.png").write_bytes(png(1))
+    features = datasets.Features({"n": datasets.Value("int32"), "image": datasets.Image()})
+    rows = [{"n": 0, "image": {"bytes": None, "path": str(tmp_path / "a.png")}},
+            {"n": 1, "image": {"bytes": png(2), "path": "/somewhere/on/disk/b.png"}}, {"n": 2, "image": None}]
+    config = make_config("extra", {"train": pa.Table.from_pylist(rows, schema=features.arrow_schema)})
+    assert config.table("train").column("image").to_pylist() == [
+        {"bytes": png(1), "path": "a.png"}, {"bytes": png(2), "path": "b.png"}, None]
+
+    rows[0]["image"]["path"] = str(tmp_path / "gone.png")
+    with pytest.raises(PublishError, match=r"'extra' split 'train'.*cannot be read"):
+        make_config("extra", {"train": pa.Table.from_pylist(rows, schema=features.arrow_schema)})

@@ -277,7 +277,7 @@ def test_push_refuses_invalid_folder_or_missing_token(world, hub, tmp_path, monk
 
     from huggingface_hub import constants
 
-    from pipeline.publish.folder import PushRefused, push_folder
+    from pipeline.publish.push import PushRefused, push_folder
 
     folder = tmp_path / "copy"
     shutil.copytree(world / "data/publish/dataset", folder)

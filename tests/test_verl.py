@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import build
-from pipeline.publish.folder import build_dataset
-from stages.publish import Params as PublishParams
+from pipeline.publish.build import build_dataset
+from pipeline.publish.params import PublishParams
 from pipeline.schema import LABELS
 from pipeline.publish.verl import PLACEHOLDER_MMSEARCH_R1_PROMPT, VERL_SHARED_SCHEMA, VerlParams, candidate_answers, export_split
 from test_publish_world import make_world

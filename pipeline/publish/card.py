@@ -1,29 +1,36 @@
-"""The dataset card: a Jinja template in data_cards/ rendered from the pipeline's own metrics and the published data.
+"""The dataset card: huggingface_hub's DatasetCard, its metadata made by the libraries, its body from data_cards/.
 
-Reads:  metrics JSONs of gather, dedup (+ report.json), label, balance, probe and search (globs from the publish
-        params), the published tables (counts, licences, rule versions, probe models), data/label/labels.parquet for
-        the counts before balancing, the params file for the reproduction recipe.
-Writes: nothing; `render_card` returns the README.md text, `validate_card` checks a card (huggingface_hub's
-        DatasetCard parsing + `datasets`' configs / dataset_info parsing + files present + no local paths).
+Reads:  the published configs (rows, sources, licences, rule versions), the probe evidence and search-cache tables,
+        the exclusions table, metrics JSONs (via `pipeline.publish.figures`; the label metrics' agreement with a
+        source's reference label via `pipeline.curate.reference`), the labels before balancing
+        (`labels_file`), the params file (shown redacted in the reproduction recipe), the Jinja template.
+Writes: `<folder>/README.md` through `DatasetCard.save`.
 
-Every figure in the card comes from a file the pipeline wrote; a missing metrics file is stated in its section,
-never replaced by a made-up number.
+The YAML header is a `huggingface_hub.DatasetCardData` (licences, tasks, size, language, tags) filled with the
+`configs:` (datasets' MetadataConfigs) and `dataset_info` (datasets' DatasetInfosDict) of the folder; the template
+places it with `{{ card_data }}` as huggingface_hub's own templates do. The body is rendered with a strict Jinja
+environment (an undefined name is an error, not a blank), which is why `DatasetCard.from_template` (a bare
+`jinja2.Template`, no filters) is not used; the rendered text is then parsed back by `DatasetCard` and must carry
+exactly the metadata that was made. Values of secret-looking params keys never reach the card.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
+from pipeline.publish import figures
+from pipeline.publish.folder import DEFAULT_CONFIG, EXTRA_SPLIT, ConfigData
 from pipeline.schema import LABELS, SEARCH_REQUIRED
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "data_cards"
 DEFAULT_TEMPLATE = "dataset_card.md.jinja"
+METRIC_SECTIONS = ("gather", "dedup", "bootstrap", "probe", "label", "balance", "search")  # sections of the card
 
 # What each label means (documentation of the rule's classes; the rule itself lives in pipeline/curate/label.py).
 LABEL_MEANINGS = {
@@ -53,90 +60,11 @@ SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|apikey)$", re.I)
 
 
 class CardError(ValueError):
-    """The card cannot be rendered (template missing, bad context)."""
+    """The card cannot be rendered (template missing, bad context, metadata lost by the template)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class MetricsSection:
-    """The metrics files found for one section (e.g. "probe"): {relative path: parsed JSON}, and the glob patterns
-    that were searched (shown in the card when nothing matched)."""
-
-    name: str
-    files: dict[str, Any]
-    patterns: list[str]
-
-    @property
-    def found(self) -> bool:
-        return bool(self.files)
-
-    def rows(self, per_file: int = 40) -> list[tuple[str, str, str]]:
-        """(file, key, value) for the scalar figures of each file (nested keys dotted; at most `per_file` each, the
-        rest summarised in one row)."""
-        out = []
-        for path, obj in self.files.items():
-            flat = flatten(obj)
-            out.extend((path, key, value) for key, value in flat[:per_file])
-            if len(flat) > per_file:
-                out.append((path, "…", f"{len(flat) - per_file} more figures in the file"))
-        return out
-
-    def find(self, *names: str) -> Any:
-        """First value under any of `names` (top level or one level down) across the files; None when absent."""
-        for obj in self.files.values():
-            if not isinstance(obj, Mapping):
-                continue
-            for d in [obj] + [v for v in obj.values() if isinstance(v, Mapping)]:
-                for n in names:
-                    if n in d and not isinstance(d[n], (Mapping, list)):
-                        return d[n]
-        return None
-
-
-def flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """Scalar leaves of a JSON object as (dotted key, formatted value); short scalar lists are joined."""
-    out: list[tuple[str, str]] = []
-    if isinstance(obj, Mapping):
-        for k in sorted(obj, key=str):
-            out.extend(flatten(obj[k], f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list):
-        if len(obj) <= 12 and all(not isinstance(v, (Mapping, list)) for v in obj):
-            out.append((prefix, ", ".join(fmt(v) for v in obj)))
-        else:
-            out.append((prefix, f"[{len(obj)} entries]"))
-    else:
-        out.append((prefix, fmt(obj)))
-    return out
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v).lower() if v is not None else "null"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def load_metrics(sections: Mapping[str, Iterable[str]], root: Path) -> dict[str, MetricsSection]:
-    """{section: MetricsSection} from glob patterns relative to `root` (unreadable JSON counts as missing)."""
-    from pipeline.publish.folder import expand
-
-    out = {}
-    for name, patterns in sections.items():
-        files = {}
-        for p in expand(list(patterns), root):
-            try:
-                files[p.relative_to(root).as_posix()] = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-        out[name] = MetricsSection(name, files, list(patterns))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Licences and YAML header
+# Metadata (the YAML header)
 # ---------------------------------------------------------------------------------------------------------------
 def hub_license_ids(license_text: str) -> list[str]:
     """'CC-BY-SA-4.0 AND MIT' -> ['cc-by-sa-4.0', 'mit']; ids the Hub does not know become 'other'."""
@@ -157,25 +85,23 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def card_header(*, licenses: list[str], pretty_name: str, task_categories: list[str], language: list[str],
-                tags: list[str], total_rows: int, configs: list[dict], infos) -> str:
-    """The YAML front matter: licences, tasks, size, `configs` (data files per split) and `dataset_info`."""
+def card_data(p, *, licenses: list[str], total_rows: int, configs, infos):
+    """The card's metadata: a DatasetCardData with licences, tasks, size, `configs` (datasets' MetadataConfigs) and
+    `dataset_info` (datasets' DatasetInfosDict), written into it by the `datasets` helpers; default config first."""
     from huggingface_hub import DatasetCardData
-    from datasets.utils.metadata import MetadataConfigs
 
     data = DatasetCardData(
         license=sorted(set(licenses)) or ["unknown"],
-        task_categories=list(task_categories),
-        language=list(language),
+        task_categories=list(p.task_categories),
+        language=list(p.language),
         size_categories=[size_category(total_rows)],
-        pretty_name=pretty_name,
-        tags=list(tags),
+        pretty_name=p.pretty_name,
+        tags=list(p.tags),
     )
-    MetadataConfigs({c["config_name"]: {k: v for k, v in c.items() if k != "config_name"} for c in configs}).to_dataset_card_data(data)
+    configs.to_dataset_card_data(data)
     infos.to_dataset_card_data(data)
-    # default config first (MetadataConfigs sorts by name)
-    data.configs = sorted(data.configs, key=lambda c: (c["config_name"] != "default", c["config_name"]))
-    return data.to_yaml()
+    data.configs = sorted(data.configs, key=lambda c: (c["config_name"] != DEFAULT_CONFIG, c["config_name"]))
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,223 +124,110 @@ def params_yaml(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Context: what the template shows
+# ---------------------------------------------------------------------------------------------------------------
+def sources_table(splits: Mapping[str, pa.Table]) -> list[dict]:
+    """Per source: rows, licences as gathered, and the Hub licence ids they map to."""
+    by_source: dict[str, dict] = {}
+    for table in splits.values():
+        for src, lic in zip(table.column("source").to_pylist(), table.column("license").to_pylist()):
+            entry = by_source.setdefault(src, {"name": src, "rows": 0, "licenses": set()})
+            entry["rows"] += 1
+            entry["licenses"].add(lic or "unknown")
+    out = []
+    for src in sorted(by_source):
+        e = by_source[src]
+        ids = sorted({i for lic in e["licenses"] for i in hub_license_ids(lic)})
+        out.append({**e, "licenses": sorted(e["licenses"]), "hub_ids": ids})
+    return out
+
+
+def card_context(p, root: Path, *, configs: list[ConfigData], missing_configs: list[dict], evidence: pa.Table | None,
+                 cache: pa.Table | None, cache_stats: dict | None, plots: list[dict], repo_id: str,
+                 params_file: Path) -> dict:
+    """Everything the template shows, from the published configs and the files the pipeline wrote."""
+    default = next(c for c in configs if c.name == DEFAULT_CONFIG)
+    splits = {s: default.table(s) for s in default.dataset}
+    excl = next(c for c in configs if c.name == "exclusions").table(EXTRA_SPLIT)
+    metrics = figures.load_metrics(p.metrics, root)
+    for name in METRIC_SECTIONS:
+        metrics.setdefault(name, figures.MetricsSection(name, {}, []))
+    split_labels = {s: figures.label_counts(t) for s, t in splits.items()}
+    after = {name: sum(c.get(name, 0) for c in split_labels.values()) for name in LABELS}
+    labels_path = root / p.labels_file
+    before = figures.label_counts(pq.read_table(labels_path, columns=["label"])) if labels_path.exists() else None
+    search_share = {s: sum(c.get(n, 0) for n in SEARCH_REQUIRED) / max(1, sum(c.values())) for s, c in split_labels.items()}
+    probe = figures.probe_summary(evidence)
+    cache_info = figures.cache_summary(cache, cache_stats)
+    rate, rate_source = figures.hit_rate(metrics)
+    excl_counts = collections.Counter(zip(excl.column("stage").to_pylist(), excl.column("reason").to_pylist()))
+    from pipeline.curate.reference import card_summary as reference_card_summary
+
+    try:
+        from pipeline.curate.label import RULE_VERSION as rule_version_code  # type: ignore
+    except ImportError:
+        rule_version_code = ""
+    return {
+        "pretty_name": p.pretty_name,
+        "repo_id": repo_id or p.repo_id or "ORG/NAME",
+        "configs": [{"name": c.name, "description": c.description, "rows": c.rows} for c in configs],
+        "missing_configs": missing_configs,
+        "label_table": figures.counter_table(split_labels, list(LABELS)),
+        "search_share": search_share,
+        "sources": sources_table(splits),
+        "rule_versions": sorted({r for t in splits.values() for r in t.column("rule_version").to_pylist()} - {None}),
+        "rule_version_code": rule_version_code,
+        "metrics": metrics,
+        "probe": probe,
+        "cache": cache_info,
+        "hit_rate": rate,
+        "hit_rate_source": rate_source,
+        "before": before,
+        "after": after,
+        "plots": plots,
+        "exclusions": [{"stage": s, "reason": r, "rows": n} for (s, r), n in sorted(excl_counts.items())],
+        "code_revision": figures.git_revision(root),
+        "versions": figures.env_summary(),
+        "params_yaml": params_yaml(Path(params_file)),
+        "limits": figures.known_limits(probe=probe, cache=cache_info, before=before, search_share=search_share),
+        "reference": reference_card_summary(metrics),  # agreement with a source's reference label (e.g. FVQA's)
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------------------
-def counter_table(counts: Mapping[str, Mapping[str, int]], columns: list[str]) -> dict:
-    """{"columns": [...], "rows": [[name, c1, c2, ..., total]]} for the template."""
-    rows = []
-    for name in columns:
-        vals = [int(counts.get(split, {}).get(name, 0)) for split in counts]
-        rows.append([name, *vals, sum(vals)])
-    totals = [sum(int(v) for v in c.values()) for c in counts.values()]
-    return {"columns": list(counts), "rows": rows, "totals": [*totals, sum(totals)]}
+def template_path(template: str, root: Path) -> Path:
+    """`template` relative to the project root, else relative to the code's own checkout."""
+    path = Path(root) / template
+    return path if path.exists() else TEMPLATE_DIR.parent / template
 
 
-def render_card(context: Mapping[str, Any], template: str = DEFAULT_TEMPLATE, template_dir: Path = TEMPLATE_DIR) -> str:
-    """Render the card template with `context` (undefined names are errors, not blanks)."""
+def render_card(context: Mapping[str, Any], data, template: Path = TEMPLATE_DIR / DEFAULT_TEMPLATE):
+    """A huggingface_hub DatasetCard: `template` rendered with `context` and the metadata `data` (DatasetCardData).
+    Raises CardError when the template is missing or does not carry the metadata through."""
     import jinja2
+    from huggingface_hub import DatasetCard
 
-    if not (Path(template_dir) / template).exists():
-        raise CardError(f"card template {Path(template_dir) / template} not found")
+    template = Path(template)
+    if not template.exists():
+        raise CardError(f"card template {template} not found")
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir)),
+        loader=jinja2.FileSystemLoader(str(template.parent)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters["fmt"] = fmt
+    env.filters["fmt"] = figures.fmt
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{100 * float(v):.1f}%"
-    text = env.get_template(template).render(**context, label_meanings=LABEL_MEANINGS, labels=list(LABELS),
-                                             search_required=list(SEARCH_REQUIRED))
-    return re.sub(r"\n{3,}", "\n\n", text)
-
-
-def local_paths() -> list[str]:
-    """Absolute paths of this machine that must not appear in a published card."""
-    out = {str(Path.cwd().resolve()), str(Path.home())}
-    return sorted(p for p in out if len(p) > 1)
-
-
-def validate_card(text: str, folder: Path | None = None) -> list[str]:
-    """Problems with a card ([] when fine): YAML header parsed by huggingface_hub's DatasetCard, licence ids, task
-    categories, `configs` and `dataset_info` parsed by `datasets`, data files present in `folder`, no unrendered
-    template text, no local absolute paths."""
-    from huggingface_hub import DatasetCard
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
-
-    problems = []
-    if not text.startswith("---\n"):
-        return ["README.md: the card must start with a YAML header (---)"]
     try:
-        card = DatasetCard(text)
-    except Exception as exc:  # huggingface_hub raises ValueError/yaml errors for a broken header
-        return [f"README.md: YAML header does not parse: {exc}"]
-    data = card.data
-    for key in ("license", "task_categories", "configs", "dataset_info", "size_categories"):
-        if not data.get(key):
-            problems.append(f"README.md: YAML header has no {key!r}")
-    licenses = data.get("license") or []
-    for lic in [licenses] if isinstance(licenses, str) else licenses:
-        if lic not in HUB_LICENSES:
-            problems.append(f"README.md: license {lic!r} is not a Hub licence id (use 'other' and name it in the card)")
-    for sc in data.get("size_categories") or []:
-        if sc not in {name for _, name in SIZE_CATEGORIES} | {"n>1M", "unknown"}:
-            problems.append(f"README.md: size category {sc!r} unknown")
-    try:
-        configs = MetadataConfigs.from_dataset_card_data(data)
-        infos = DatasetInfosDict.from_dataset_card_data(data)
-    except Exception as exc:
-        return problems + [f"README.md: configs/dataset_info do not parse: {exc}"]
-    if set(configs) != set(infos):
-        problems.append(f"README.md: configs {sorted(configs)} and dataset_info {sorted(infos)} name different configs")
-    for name, cfg in configs.items():
-        entries = cfg.get("data_files") or []
-        if not entries:
-            problems.append(f"README.md: config {name!r} lists no data_files")
-        for entry in entries:
-            if not isinstance(entry, Mapping) or "split" not in entry or "path" not in entry:
-                problems.append(f"README.md: config {name!r}: data_files entries need split and path")
-                continue
-            if folder is not None and not list(Path(folder).glob(entry["path"])):
-                problems.append(f"README.md: config {name!r} split {entry['split']!r}: no file matches {entry['path']!r}")
-    body = card.text
-    if "{{" in body or "{%" in body:
-        problems.append("README.md: unrendered template text in the card body")
-    for p in local_paths():
-        if p in text:
-            problems.append("README.md: contains a local absolute path of this machine; publish relative paths only")
-    return problems
-
-
-def label_counts(table, column: str = "label") -> dict[str, int]:
-    """{label name: rows} for a table whose label column holds ClassLabel ids or names."""
-    vals = table.column(column).to_pylist()
-    names = [LABELS[v] if isinstance(v, int) and 0 <= v < len(LABELS) else str(v) for v in vals]
-    return dict(collections.Counter(names))
-
-
-def value_counts(table, column: str) -> dict[str, int]:
-    return dict(sorted(collections.Counter(table.column(column).to_pylist()).items(), key=lambda kv: (-kv[1], str(kv[0]))))
-
-
-def env_summary() -> dict[str, str]:
-    """Library versions that produced the folder (no machine details)."""
-    import datasets
-    import huggingface_hub
-    import pyarrow
-
-    return {"datasets": datasets.__version__, "huggingface_hub": huggingface_hub.__version__, "pyarrow": pyarrow.__version__}
-
-
-def git_revision(root: Path) -> str:
-    """The code revision (git HEAD), or "" when unknown; read without running git."""
-    head = root / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            target = root / ".git" / ref[5:]
-            return target.read_text().strip() if target.exists() else ""
-        return ref
-    except OSError:
-        return ""
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Context: what the template shows, computed from the published tables and the metrics files
-# ---------------------------------------------------------------------------------------------------------------
-def probe_summary(evidence) -> dict | None:
-    """Per-condition figures of the probe evidence table (None when it has no rows)."""
-    if evidence is None or len(evidence) == 0:
-        return None
-    rows = evidence.select(["item_id", "condition", "sample", "model", "protocol", "saw_image", "correct",
-                            "valid_format", "n_image_search", "n_text_search", "judge"]).to_pylist()
-    by_cond: dict[str, list[dict]] = collections.defaultdict(list)
-    for r in rows:
-        by_cond[r["condition"]].append(r)
-    conditions = []
-    for name in sorted(by_cond):
-        rs = by_cond[name]
-        per_item = collections.Counter(r["item_id"] for r in rs)
-        samples = sorted(set(per_item.values()))
-        conditions.append({
-            "name": name,
-            "rollouts": len(rs),
-            "samples": "/".join(str(s) for s in samples),
-            "correct": sum(bool(r["correct"]) for r in rs) / len(rs),
-            "valid": sum(bool(r["valid_format"]) for r in rs) / len(rs),
-            "image_search": sum(int(r["n_image_search"] or 0) for r in rs),
-            "text_search": sum(int(r["n_text_search"] or 0) for r in rs),
-        })
-    return {
-        "n_rollouts": len(rows),
-        "n_items": len({r["item_id"] for r in rows}),
-        "models": sorted({r["model"] for r in rows}),
-        "protocols": sorted({r["protocol"] for r in rows}),
-        "judges": sorted({r["judge"] for r in rows}),
-        "saw_image_share": sum(bool(r["saw_image"]) for r in rows) / len(rows),
-        "conditions": conditions,
-    }
-
-
-def cache_summary(cache, stats: Mapping[str, int] | None) -> dict | None:
-    if cache is None:
-        return None
-    counts = collections.Counter(zip(*(cache.column(c).to_pylist() for c in ("tool", "backend", "backend_version"))))
-    backends = [{"tool": t, "backend": b, "backend_version": v, "entries": n} for (t, b, v), n in sorted(counts.items(), key=lambda kv: tuple(map(str, kv[0])))]
-    return {**dict(stats or {}), "backends": backends}
-
-
-def hit_rate(metrics: Mapping[str, MetricsSection]) -> tuple[float | None, str]:
-    """Cache hit rate: hits / (hits + misses) summed over the files of the first section ("search", then "probe")
-    that reports them, else the first `hit_rate` reported. (None, "") when no metrics file has them."""
-    for name in ("search", "probe"):
-        section = metrics.get(name)
-        if section is None:
-            continue
-        hits = misses = 0.0
-        used, rate, rate_path = [], None, ""
-        for path, obj in section.files.items():
-            one = MetricsSection(name, {path: obj}, [])
-            h, m = one.find("hits", "cache_hits"), one.find("misses", "cache_misses")
-            if isinstance(h, (int, float)) and isinstance(m, (int, float)):
-                hits, misses = hits + h, misses + m
-                used.append(path)
-            r = one.find("hit_rate", "cache_hit_rate")
-            if rate is None and isinstance(r, (int, float)):
-                rate, rate_path = float(r), path
-        if used and hits + misses > 0:
-            where = ", ".join(f"`{u}`" for u in used)
-            return hits / (hits + misses), f"{int(hits)} hits, {int(misses)} misses in {where}"
-        if rate is not None:
-            return rate, f"`{rate_path}`"
-    return None, ""
-
-
-def known_limits(*, probe: dict | None, cache: dict | None, before: dict | None, search_share: Mapping[str, float]) -> list[str]:
-    """Limits that follow from how this particular folder was made, plus the ones of the method."""
-    out = [
-        "Labels describe what the probe model needed, not what any model needs: a stronger model answers more items "
-        "closed book, so re-probe with your own model before relying on the split of search-free vs search-required.",
-        "Pass rates come from a few sampled rollouts per item and condition; the `confidence` column says how "
-        "clear-cut each label was.",
-        "Exact match after SQuAD normalisation against the answer and its aliases misses correct paraphrases.",
-    ]
-    if probe and probe.get("saw_image_share") is not None and probe["saw_image_share"] < 1.0:
-        out.append(f"In {100 * (1 - probe['saw_image_share']):.1f}% of the rollouts the model did not see the image "
-                   "(text-only model): those items rely on image search for any visual information.")
-    if cache is None:
-        out.append("No search cache is published: training cannot replay the probe's searches offline.")
-    elif cache.get("keys_missing"):
-        out.append(f"{cache['keys_missing']} search results referenced by the evidence are missing from the cache "
-                   "export; replaying those calls offline fails with an error naming the key.")
-    if before is None:
-        out.append("The counts before balancing were not available when the card was built.")
-    if search_share and max(search_share.values()) - min(search_share.values()) > 0.1:
-        out.append("The search-required share differs by more than 10 points between splits.")
-    out.append("Search results reflect the backends and their versions at probe time (see the cache table); live "
-               "web results change.")
-    return out
+        text = env.get_template(template.name).render(**context, card_data=data.to_yaml(), label_meanings=LABEL_MEANINGS,
+                                                      labels=list(LABELS), search_required=list(SEARCH_REQUIRED))
+    except jinja2.TemplateError as exc:
+        raise CardError(f"card template {template}: {type(exc).__name__}: {exc}") from None
+    card = DatasetCard(re.sub(r"\n{3,}", "\n\n", text))
+    if card.data.to_dict() != data.to_dict():
+        raise CardError(f"card template {template} must start with the metadata block: ---, {{{{ card_data }}}}, ---")
+    return card
