@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.publish.params import PublishParams as Params  # noqa: F401 (the stage runner reads `Params`)
+from pipeline.publish.params import PublishParams as Params  # the stage runner reads `Params`
 
 
 def add_arguments(parser) -> None:

@@ -132,6 +132,9 @@ def test_card_is_valid_and_made_of_real_figures(built):
     assert "(plots/label_counts.png)" in text and (result.folder / "plots/label_counts.png").exists()
     assert "sk-should-not-appear" not in text and "<redacted>" in text
     assert "/somewhere/on/disk" not in text
+    # absolute paths in the metrics files are written relative to ~ or to the project root, as in the tables
+    assert "| `model_path` | ~/.cache/probe-model |" in text and "| `parts_dir` | data/probe_parts |" in text
+    assert str(root.resolve()) not in text and str(Path.home()) + "/" not in text
     for shard in result.folder.glob("data/default/*.parquet"):
         assert b"/somewhere/on/disk" not in shard.read_bytes()
 

@@ -156,7 +156,10 @@ def make_world(root: Path, *, bad_rows: bool = False, with_cache: bool = True, w
                    "tool_calls": json.dumps([{"tool": "text_search", "cache_key": "txt-unpublished"}])})
         table = datasets.Dataset.from_list(ev, features=ROLLOUT_FEATURES).data.table
         write_table(table, root / "data/probe" / cond / "evidence.parquet")
-        write_json({"rollouts": len(ev), "model": "tiny:text", "samples": 2, "cache": {"hits": 30, "misses": 10}},
+        # absolute paths of this machine in a metrics file (a packaged model under ~, an output under the root)
+        write_json({"rollouts": len(ev), "model": "tiny:text", "samples": 2, "cache": {"hits": 30, "misses": 10},
+                    "model_path": str(Path.home() / ".cache/probe-model"),
+                    "parts_dir": str(Path(root).resolve() / "data/probe_parts")},
                    root / "data/probe" / cond / "metrics.json")
 
     if with_cache:

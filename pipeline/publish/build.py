@@ -18,6 +18,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipeline.publish import card as cards
 from pipeline.publish import inputs
 from pipeline.publish.folder import (DEFAULT_CONFIG, EXTRA_SPLIT, ConfigData, copy_plots, dataset_infos, make_config,
@@ -50,8 +52,18 @@ class BuildResult:
         }
 
 
-def _configs(p, root: Path) -> tuple[list[ConfigData], list[dict], dict, object, object, dict | None]:
-    """(configs, missing configs, prepared splits, evidence table, cache table, cache stats) from the inputs."""
+@dataclasses.dataclass
+class _Inputs:
+    configs: list[ConfigData]  # default first, exclusions last
+    missing: list[dict]  # extra configs not built, with the reason (shown in the card)
+    prepared: dict[str, inputs.PreparedSplit]
+    evidence: pa.Table | None
+    cache: pa.Table | None
+    cache_stats: dict | None
+
+
+def _read_configs(p, root: Path) -> _Inputs:
+    """Every config from the pipeline's outputs (local paths in string columns scrubbed)."""
     from pipeline.io import progress
 
     prepared = {s: inputs.prepare_split(root / p.balance_dir / f"{s}.parquet", s)
@@ -60,16 +72,17 @@ def _configs(p, root: Path) -> tuple[list[ConfigData], list[dict], dict, object,
         raise PublishError("the splits have different columns or types; re-run balance so every split has the same schema")
     features = next(iter(prepared.values())).features
     published_ids = {i for v in prepared.values() for i in v.table.column("id").to_pylist()}
-    scrub = lambda t: inputs.scrub_local_paths(t, root)  # noqa: E731
 
-    configs = [make_config(DEFAULT_CONFIG, {s: scrub(v.table) for s, v in prepared.items()},
-                           "the search-balanced VQA items with their labels", features)]
+    def config(name: str, tables: dict[str, pa.Table], description: str, feats=None) -> ConfigData:
+        return make_config(name, {s: inputs.scrub_local_paths(t, root) for s, t in tables.items()}, description, feats)
+
+    configs = [config(DEFAULT_CONFIG, {s: v.table for s, v in prepared.items()},
+                      "the search-balanced VQA items with their labels", features)]
     missing: list[dict] = []
     evidence_paths = inputs.expand(p.probe_evidence, root)
     evidence = inputs.probe_evidence_table(evidence_paths) if evidence_paths else None
     if evidence is not None:
-        configs.append(make_config("probe_evidence", {EXTRA_SPLIT: scrub(evidence)},
-                                   "every probe rollout (messages, tool calls, verdicts)"))
+        configs.append(config("probe_evidence", {EXTRA_SPLIT: evidence}, "every probe rollout (messages, tool calls, verdicts)"))
     else:
         missing.append({"name": "probe_evidence", "reason": f"no file matched {', '.join(p.probe_evidence)}"})
 
@@ -79,15 +92,14 @@ def _configs(p, root: Path) -> tuple[list[ConfigData], list[dict], dict, object,
         referenced = p.cache_entries == "referenced" and evidence is not None
         keys = inputs.referenced_cache_keys(evidence, published_ids) if referenced else None
         cache, cache_stats = inputs.search_cache_table(cache_path, keys)
-        configs.append(make_config("search_cache", {EXTRA_SPLIT: scrub(cache)},
-                                   "search-tool cache entries for offline replay"))
+        configs.append(config("search_cache", {EXTRA_SPLIT: cache}, "search-tool cache entries for offline replay"))
     else:
         missing.append({"name": "search_cache", "reason": "no search cache at " + ", ".join(f"`{c}`" for c in p.search_cache)})
 
     own_excluded = [e for v in prepared.values() for e in v.excluded]
     excl = inputs.exclusions_table(inputs.expand(p.exclusions, root), own_excluded)
-    configs.append(make_config("exclusions", {EXTRA_SPLIT: scrub(excl)}, "every item dropped by any stage, with its reason"))
-    return configs, missing, prepared, evidence, cache, cache_stats
+    configs.append(config("exclusions", {EXTRA_SPLIT: excl}, "every item dropped by any stage, with its reason"))
+    return _Inputs(configs, missing, prepared, evidence, cache, cache_stats)
 
 
 def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: str | Path = "params.yaml") -> BuildResult:
@@ -100,16 +112,18 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
-    configs, missing, prepared, evidence, cache, cache_stats = _configs(p, root)
+    read = _read_configs(p, root)
+    configs = read.configs
     files = write_configs(configs, tmp, p.shard_rows)
     plots = copy_plots(p.plots, root, tmp)
 
-    context = cards.card_context(p, root, configs=configs, missing_configs=missing, evidence=evidence, cache=cache,
-                                 cache_stats=cache_stats, plots=plots, repo_id=repo_id, params_file=Path(params_file))
+    context = cards.card_context(p, root, configs=configs, missing_configs=read.missing, evidence=read.evidence,
+                                 cache=read.cache, cache_stats=read.cache_stats, plots=plots, repo_id=repo_id,
+                                 params_file=Path(params_file))
     data = cards.card_data(p, licenses=[i for s in context["sources"] for i in s["hub_ids"]],
                            total_rows=sum(configs[0].rows.values()), configs=metadata_configs(files),
                            infos=dataset_infos(configs, tmp, files))
-    cards.render_card(context, data, cards.template_path(p.template, root)).save(tmp / "README.md")
+    cards.render_card(context, data, cards.template_path(p.template, root), root).save(tmp / "README.md")
 
     problems = validate_folder(tmp)
     if p.verify_load and not problems:
@@ -124,5 +138,5 @@ def build_dataset(p, root: Path = Path("."), *, repo_id: str = "", params_file: 
 
         for s in configs[0].dataset:  # the published (scrubbed) default config
             verl_rows[s] = export_split(configs[0].table(s), s, root / p.verl.out_dir / f"{s}.parquet", p.verl)
-    return BuildResult(folder, files, {c.name: c.rows for c in configs}, {s: v.rows_in for s, v in prepared.items()},
-                       [e for v in prepared.values() for e in v.excluded], cache_stats, problems, verl_rows)
+    return BuildResult(folder, files, {c.name: c.rows for c in configs}, {s: v.rows_in for s, v in read.prepared.items()},
+                       [e for v in read.prepared.values() for e in v.excluded], read.cache_stats, problems, verl_rows)

@@ -11,7 +11,8 @@ The YAML header is a `huggingface_hub.DatasetCardData` (licences, tasks, size, l
 places it with `{{ card_data }}` as huggingface_hub's own templates do. The body is rendered with a strict Jinja
 environment (an undefined name is an error, not a blank), which is why `DatasetCard.from_template` (a bare
 `jinja2.Template`, no filters) is not used; the rendered text is then parsed back by `DatasetCard` and must carry
-exactly the metadata that was made. Values of secret-looking params keys never reach the card.
+exactly the metadata that was made. Values of secret-looking params keys never reach the card; absolute paths of
+this machine are written relative to the project root or ~ (as in the published tables).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import yaml
 
 from pipeline.publish import figures
 from pipeline.publish.folder import DEFAULT_CONFIG, EXTRA_SPLIT, ConfigData
+from pipeline.publish.inputs import scrub_text
 from pipeline.schema import LABELS, SEARCH_REQUIRED
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "data_cards"
@@ -203,8 +205,11 @@ def template_path(template: str, root: Path) -> Path:
     return path if path.exists() else TEMPLATE_DIR.parent / template
 
 
-def render_card(context: Mapping[str, Any], data, template: Path = TEMPLATE_DIR / DEFAULT_TEMPLATE):
+def render_card(context: Mapping[str, Any], data, template: Path = TEMPLATE_DIR / DEFAULT_TEMPLATE,
+                root: Path | None = None):
     """A huggingface_hub DatasetCard: `template` rendered with `context` and the metadata `data` (DatasetCardData).
+    With `root`, absolute paths of this machine in the text (a model path in the metrics or the evidence, a path
+    in the params) are written relative to it or to ~, as in the published tables.
     Raises CardError when the template is missing or does not carry the metadata through."""
     import jinja2
     from huggingface_hub import DatasetCard
@@ -227,7 +232,8 @@ def render_card(context: Mapping[str, Any], data, template: Path = TEMPLATE_DIR 
                                                       labels=list(LABELS), search_required=list(SEARCH_REQUIRED))
     except jinja2.TemplateError as exc:
         raise CardError(f"card template {template}: {type(exc).__name__}: {exc}") from None
-    card = DatasetCard(re.sub(r"\n{3,}", "\n\n", text))
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    card = DatasetCard(scrub_text(text, root) if root is not None else text)
     if card.data.to_dict() != data.to_dict():
         raise CardError(f"card template {template} must start with the metadata block: ---, {{{{ card_data }}}}, ---")
     return card

@@ -239,17 +239,28 @@ def search_cache_table(path: Path, keys: set[str] | None) -> tuple[pa.Table, dic
     return table, stats
 
 
-def scrub_local_paths(table: pa.Table, root: Path) -> pa.Table:
-    """Rewrite absolute paths of this machine inside string columns (exclusion records, meta, messages) as paths
-    relative to the project root (or to ~): a published dataset must not carry local directories. (Image paths are
-    cut to their file names when the folder is written: see `pipeline.publish.folder.to_dataset`.)"""
+def local_prefixes(root: Path) -> list[tuple[str, str]]:
+    """(absolute prefix of this machine, what replaces it): the project root -> "", the home folder -> "~/"."""
     prefixes = [(str(Path(root).resolve()) + "/", ""), (str(Path.home()) + "/", "~/")]
-    prefixes = [(a, b) for a, b in prefixes if len(a) > 2]
+    return [(a, b) for a, b in prefixes if len(a) > 2]
+
+
+def scrub_text(text: str, root: Path) -> str:
+    """`text` with absolute paths under the project root made relative to it, and those under ~ written with ~."""
+    for pattern, repl in local_prefixes(root):
+        text = text.replace(pattern, repl)
+    return text
+
+
+def scrub_local_paths(table: pa.Table, root: Path) -> pa.Table:
+    """Rewrite absolute paths of this machine inside string columns (exclusion records, meta, messages, model paths)
+    as in `scrub_text`: a published dataset must not carry local directories. (Image paths are cut to their file
+    names when the folder is written: see `pipeline.publish.folder.to_dataset`.)"""
     for i, field in enumerate(table.schema):
         if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             continue
         col = table.column(i)
-        for pattern, repl in prefixes:
+        for pattern, repl in local_prefixes(root):
             col = pc.replace_substring(col, pattern=pattern, replacement=repl)
         table = table.set_column(i, field, col)
     return table
