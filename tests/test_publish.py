@@ -251,3 +251,22 @@ def test_images_given_by_local_path_are_embedded_with_their_file_name(tmp_path):
     rows[0]["image"]["path"] = str(tmp_path / "gone.png")
     with pytest.raises(PublishError, match=r"'extra' split 'train'.*cannot be read"):
         make_config("extra", {"train": pa.Table.from_pylist(rows, schema=features.arrow_schema)})
+
+
+def test_empty_splits_are_named_not_published(tmp_path):
+    make_world(tmp_path)
+    path = tmp_path / "data/balance/validation.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    result = build_dataset(_params(verify_load=True, verl={"enabled": True}), tmp_path)
+    assert result.problems == []  # datasets cannot load an empty split, so it is left out of the folder
+    assert result.rows["default"] == {"train": SPLIT_SIZES["train"], "test": SPLIT_SIZES["test"]}
+    assert not list(result.folder.glob("data/default/validation-*"))
+    assert "`default/validation` is not in this folder: the split has no rows after balancing" in (result.folder / "README.md").read_text()
+    assert result.verl_rows == {"train": SPLIT_SIZES["train"], "validation": 0, "test": SPLIT_SIZES["test"]}
+
+    for split in SPLIT_SIZES:
+        path = tmp_path / "data/balance" / f"{split}.parquet"
+        pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(PublishError, match="nothing to publish: every split in data/balance is empty"):
+        build_dataset(_params(), tmp_path)
+    assert (result.folder / "README.md").exists()  # the last good folder stays

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.publish import figures
-from pipeline.publish.folder import DEFAULT_CONFIG, EXTRA_SPLIT, ConfigData
+from pipeline.publish.folder import DEFAULT_CONFIG, ConfigData
 from pipeline.publish.inputs import scrub_text
 from pipeline.schema import LABELS, SEARCH_REQUIRED
 
@@ -145,12 +145,11 @@ def sources_table(splits: Mapping[str, pa.Table]) -> list[dict]:
 
 
 def card_context(p, root: Path, *, configs: list[ConfigData], missing_configs: list[dict], evidence: pa.Table | None,
-                 cache: pa.Table | None, cache_stats: dict | None, plots: list[dict], repo_id: str,
-                 params_file: Path) -> dict:
+                 cache: pa.Table | None, cache_stats: dict | None, exclusions: pa.Table, plots: list[dict],
+                 repo_id: str, params_file: Path) -> dict:
     """Everything the template shows, from the published configs and the files the pipeline wrote."""
     default = next(c for c in configs if c.name == DEFAULT_CONFIG)
     splits = {s: default.table(s) for s in default.dataset}
-    excl = next(c for c in configs if c.name == "exclusions").table(EXTRA_SPLIT)
     metrics = figures.load_metrics(p.metrics, root)
     for name in METRIC_SECTIONS:
         metrics.setdefault(name, figures.MetricsSection(name, {}, []))
@@ -162,7 +161,7 @@ def card_context(p, root: Path, *, configs: list[ConfigData], missing_configs: l
     probe = figures.probe_summary(evidence)
     cache_info = figures.cache_summary(cache, cache_stats)
     rate, rate_source = figures.hit_rate(metrics)
-    excl_counts = collections.Counter(zip(excl.column("stage").to_pylist(), excl.column("reason").to_pylist()))
+    excl_counts = collections.Counter(zip(exclusions.column("stage").to_pylist(), exclusions.column("reason").to_pylist()))
     from pipeline.curate.reference import card_summary as reference_card_summary
 
     try:
