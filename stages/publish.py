@@ -3,13 +3,15 @@
 Reads:  data/balance/{train,validation,test}.parquet, data/probe/*/evidence.parquet, the search-cache export
         (data/cache/search/export.parquet), every exclusion table, data/label/labels.parquet, the metrics JSONs of
         the earlier stages and their plots, the params file (shown in the card).
-Writes: data/publish/dataset/ (README.md card, data/<config>/<split>-0000i-of-0000n.parquet, plots/),
+Writes: data/publish/dataset/ (README.md: a huggingface_hub DatasetCard; data/<config>/<split>-0000i-of-0000n.parquet
+        written by `datasets`; plots/),
         data/publish/verl/<split>.parquet (MMSearch-R1/veRL training format), data/publish/exclusions.parquet,
         data/publish/manifest.json (files, sizes, sha256), data/publish/metrics.json, and with --push
         data/publish/push.json (repo, revision, commit sha).
 
 The work is pipeline/publish (build.py builds and validates, push.py pushes); this module reads the params,
-calls it, writes the outputs and prints what would be or was uploaded.
+calls it, writes the outputs and prints what would be or was uploaded. A split without rows is left out of the
+folder and named in the card; when every split is empty the stage fails (exit 1) saying so.
 Default is a dry run: build, validate and print what would be uploaded. `--push` uploads the folder in one commit;
 it needs HF_HUB_OFFLINE=0 in the environment (the stage runner defaults to offline) and a token from HF_TOKEN or
 the login cache. The push is refused, with nothing uploaded, when the card or the schema fails validation.

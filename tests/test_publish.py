@@ -270,3 +270,18 @@ def test_empty_splits_are_named_not_published(tmp_path):
     with pytest.raises(PublishError, match="nothing to publish: every split in data/balance is empty"):
         build_dataset(_params(), tmp_path)
     assert (result.folder / "README.md").exists()  # the last good folder stays
+
+
+@pytest.mark.parametrize("text, ids", [
+    ("MIT (flagpy flag, countryinfo facts)", ["mit"]),  # licence strings as the demo world gathers them
+    ("public-domain (NASA)", ["other"]),
+    ("BSD-3-Clause (scikit-image)", ["bsd-3-clause"]),
+    ("CC-BY-SA-4.0 AND public-domain", ["cc-by-sa-4.0", "other"]),
+    ("CC BY-SA 4.0; Apache 2.0", ["cc-by-sa-4.0", "apache-2.0"]),
+    ("see data_source", ["other"]),
+    ("", ["unknown"]),
+])
+def test_hub_licence_ids(text, ids):
+    from pipeline.publish.card import hub_license_ids
+
+    assert hub_license_ids(text) == ids

@@ -69,13 +69,17 @@ class CardError(ValueError):
 # Metadata (the YAML header)
 # ---------------------------------------------------------------------------------------------------------------
 def hub_license_ids(license_text: str) -> list[str]:
-    """'CC-BY-SA-4.0 AND MIT' -> ['cc-by-sa-4.0', 'mit']; ids the Hub does not know become 'other'."""
-    parts = [p.strip().lower() for p in re.split(r"\s+(?:and|or|with)\s+|[,;+&]", license_text or "", flags=re.I)]
+    """'CC-BY-SA-4.0 AND MIT' -> ['cc-by-sa-4.0', 'mit']; remarks in parentheses are dropped ('MIT (easy-vqa)' ->
+    ['mit']), spaces inside one licence become hyphens ('CC BY-SA 4.0' -> ['cc-by-sa-4.0']); ids the Hub does not
+    know become 'other'."""
+    text = re.sub(r"\([^()]*\)", " ", license_text or "")
+    parts = [p.strip().lower() for p in re.split(r"\s+(?:and|or|with)\s+|[,;+&]", text, flags=re.I)]
     ids = []
     for p in parts:
         if not p:
             continue
-        p = {"public-domain": "other", "public domain": "other", "cc0": "cc0-1.0", "apache 2.0": "apache-2.0"}.get(p, p)
+        p = re.sub(r"\s+", "-", p)
+        p = {"public-domain": "other", "cc0": "cc0-1.0"}.get(p, p)
         ids.append(p if p in HUB_LICENSES else "other")
     return ids or ["unknown"]
 
