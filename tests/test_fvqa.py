@@ -190,7 +190,7 @@ def test_dataset_card_shows_the_agreement(tmp_path):
     """The card's agreement section comes from the label metrics' `reference` (absent when no item has one)."""
     from pipeline.curate.reference import compare
     from pipeline.io import write_json
-    from pipeline.publish.folder import build_dataset
+    from pipeline.publish.build import build_dataset
     from stages.publish import Params as PublishParams
     from test_publish_world import make_world
 

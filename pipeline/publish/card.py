@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.curate.reference import card_summary as reference_card_summary
 from pipeline.publish import figures
 from pipeline.publish.folder import DEFAULT_CONFIG, ConfigData
 from pipeline.publish.inputs import scrub_text
@@ -166,8 +167,6 @@ def card_context(p, root: Path, *, configs: list[ConfigData], missing_configs: l
     cache_info = figures.cache_summary(cache, cache_stats)
     rate, rate_source = figures.hit_rate(metrics)
     excl_counts = collections.Counter(zip(exclusions.column("stage").to_pylist(), exclusions.column("reason").to_pylist()))
-    from pipeline.curate.reference import card_summary as reference_card_summary
-
     try:
         from pipeline.curate.label import RULE_VERSION as rule_version_code  # type: ignore
     except ImportError:
