@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipeline.config import param
-from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH, image_bytes
+from pipeline.images import image_bytes
+from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH
 
 # What a text search asks about the recognised entity, per demo-world question kind; other kinds ask the
 # question's own key words.

@@ -145,7 +145,7 @@ def build_dataset(rows: list[dict], protocol: Any, processor: Any, condition: st
     answer, aliases, label, meta (JSON: what search backends may key on, e.g. the paper's data_id)."""
     import datasets
 
-    from pipeline.rollout.protocols.base import image_bytes
+    from pipeline.images import image_bytes
 
     examples, excluded = [], []
     for row in progress(rows, desc=f"{stage}: prompts", unit="item"):
