@@ -27,6 +27,9 @@ PENDING = {
     "pipeline/publish/card.py": "the publish rewrite (DatasetCard) replaces it",
     "stages/publish.py": "the publish rewrite makes it a thin stage",
 }
+PENDING_CYCLES = {
+    ("pipeline.publish.card", "pipeline.publish.folder"): "the publish rewrite (card through huggingface_hub)",
+}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -155,9 +158,11 @@ def test_cycle_finder_finds_a_cycle(tmp_path):
 
 
 def test_no_import_cycles(graph):
-    found = cycles(graph)
-    assert not found, "import cycles (module-level or function-local imports): " + "; ".join(
-        " <-> ".join(c) for c in found)
+    found = [tuple(c) for c in cycles(graph)]
+    new = [c for c in found if c not in PENDING_CYCLES]
+    assert not new, "import cycles (module-level or function-local imports): " + "; ".join(" <-> ".join(c) for c in new)
+    gone = [c for c in PENDING_CYCLES if c not in found]
+    assert not gone, f"remove from PENDING_CYCLES in tests/test_layout.py (no longer a cycle): {gone}"
 
 
 def test_import_edge_count(graph):

@@ -132,6 +132,27 @@ def test_resolve_model_specs(tiny_text_model_path, tmp_path, monkeypatch):
     assert models.resolve_model("mmsc-test/no-such-model") == "mmsc-test/no-such-model"  # used online as is
 
 
+def test_model_ref_folders_resolve_to_their_spec(tiny_text_model_path, tmp_path):
+    """What a disabled bootstrap writes (a folder with only model_ref.json) resolves everywhere a model does."""
+    ref = models.write_model_ref(tmp_path / "bootstrap" / "model", "tiny:text")
+    assert models.resolve_model(str(ref)) == str(tiny_text_model_path)
+    chained = models.write_model_ref(tmp_path / "again", str(ref))
+    assert models.resolve_model(str(chained)) == str(tiny_text_model_path)
+    models.write_model_ref(tmp_path / "a", str(tmp_path / "b"))
+    models.write_model_ref(tmp_path / "b", str(tmp_path / "a"))
+    with pytest.raises(models.ModelError, match="point at each other"):
+        models.resolve_model(str(tmp_path / "a"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_ref.json").write_text("[]")
+    with pytest.raises(models.ModelError, match="must hold"):
+        models.resolve_model(str(tmp_path / "broken"))
+    real = tmp_path / "real"  # a model folder that also carries a model_ref.json is the model itself
+    real.mkdir()
+    (real / "config.json").write_text("{}")
+    (real / "model_ref.json").write_text('{"model": "tiny:text"}')
+    assert models.resolve_model(str(real)) == str(real)
+
+
 def test_cache_dir_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MMSC_CACHE_DIR", str(tmp_path))
     assert models.cache_dir() == tmp_path
