@@ -326,19 +326,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def folder_digest(path: str | os.PathLike) -> str:
-    """sha256 over the names and bytes of a model folder's files (provenance; `pipeline.runs.path_digest`)."""
-    from pipeline.runs import path_digest
-
-    return path_digest(path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Specs
 # ---------------------------------------------------------------------------------------------------------------
 BUILTIN = {"packaged:smollm2": packaged_smollm2, "tiny:text": tiny_text_model, "tiny:vlm": tiny_vlm}
-
-
 MODEL_REF = "model_ref.json"
 
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from pipeline import models
+from pipeline.runs import path_digest
 from pipeline.rollout.protocols import get_protocol, messages_with_pil
 
 
 def test_tiny_text_model_is_deterministic(tmp_path):
     a = models.tiny_text_model(tmp_path / "a")
     b = models.tiny_text_model(tmp_path / "b")
-    assert a != b and models.folder_digest(a) == models.folder_digest(b)
+    assert a != b and path_digest(a) == path_digest(b)
     cfg = json.loads((a / "config.json").read_text())
     assert cfg["hidden_size"] // cfg["num_attention_heads"] in (32, 64, 80, 96, 112, 128)
     assert models.tiny_text_model(tmp_path / "a") == a       # cached: no rebuild

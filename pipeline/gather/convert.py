@@ -7,7 +7,6 @@ Reads image files named by rows; writes nothing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.images import ImageError, ImageParams, image_bytes, normalize_image
