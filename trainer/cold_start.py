@@ -42,8 +42,9 @@ class BootstrapParams(RolloutParams):
                              "bootstrap.protocol) to mmsearch_r1, or bootstrap.enabled to false")
 
 
-def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Callable[[str], None] = print) -> dict:
-    """Teach `params.base_model` the protocol (or point at it when disabled); see the module docstring."""
+def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Callable[[str], None] | None = print) -> dict:
+    """Teach `params.base_model` the protocol (or point at it when disabled); see the module docstring. `log`:
+    progress lines (None: quiet)."""
     import datasets
 
     from pipeline.bootstrap import build_demonstrations, closed_book_known
@@ -74,7 +75,8 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     tools = make_tools()
     demos, counts = build_demonstrations(items, protocol, tools, known, with_image=with_image,
                                          conditions=params.conditions, search_k=params.search_k or None)
-    log(f"bootstrap: {len(items)} items, base model knew {sum(known.values())}; demonstrations {counts}")
+    if log:
+        log(f"bootstrap: {len(items)} items, base model knew {sum(known.values())}; demonstrations {counts}")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "demos.jsonl", "w", encoding="utf-8") as f:
         for d in demos:
