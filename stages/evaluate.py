@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.evaluate.run import EvaluateParams, ModelSpec  # noqa: F401  (ModelSpec: the type of `models`)
+from pipeline.evaluate.run import EvaluateParams
 
 Params = EvaluateParams
 SECTION = "evaluate"
