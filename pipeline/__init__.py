@@ -13,7 +13,8 @@ By stage:
   search/       the tools (image_search, text_search), their backends (registry.py) and the cache
   dedup/        perceptual hashes, near-duplicate clusters, contamination against evaluation sets
   bootstrap.py  demonstrations for the labeler's cold start (the fine-tuning is trainer/sft.py)
-  rollout/      the shared rollout settings (config.py), protocols, engines, the batched multi-turn loop
+  rollout/      the shared rollout settings (config.py), protocols, the one scorer (score.py), the one tool step
+                (step.py), TRL's environment (environment.py), engines, the batched multi-turn loop
   probe.py      probe rounds (fixed K or adaptive), evidence, summary metrics
   curate/       label rule, balancing, plots
   publish/      the dataset folder, its card, the veRL export

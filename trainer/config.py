@@ -1,7 +1,7 @@
 """`TrainParams`: the `train:` section of params.yaml, and its mapping onto TRL's `GRPOConfig` and peft's `LoraConfig`.
 
-The rollout settings (protocol, require_reason, limits, search_k, judge) come from the shared `rollout:` section, as
-in every stage that plays rollouts. K, the rollouts per prompt, is `samples` here as in probe and evaluate and maps
+The rollout settings (protocol, limits, search_k, judge) come from the shared `rollout:` section, as in every
+stage that plays rollouts. K, the rollouts per prompt, is `samples` here as in probe and evaluate and maps
 onto `GRPOConfig.num_generations` (`train.num_generations` is rejected with a message naming `samples`).
 Reads/writes nothing. Unknown keys are rejected by `pipeline.config.build` (with the closest valid name); GRPOConfig
 fields that are not first-class parameters can still be set through `grpo_overrides`, whose keys are checked against
