@@ -16,7 +16,7 @@ By stage:
   rollout/      the shared rollout settings (config.py), protocols, the one scorer (score.py), the one tool step
                 (step.py), TRL's environment (environment.py), engines, the batched multi-turn loop
   probe.py      probe rounds (fixed K or adaptive), evidence, summary metrics
-  curate/       label rule, balancing, plots
-  publish/      the dataset folder, its card, the veRL export
+  curate/       label rule, agreement with a source's reference label, balancing, plots
+  publish/      the dataset folder through `datasets`, its card (DatasetCard), validation, push, veRL export
   evaluate/     benchmark data, modes, metrics, report, the resumable run
 """
