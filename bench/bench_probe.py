@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--engine", default="vllm")
     ap.add_argument("--only", choices=("speed", "adaptive"), default=None, help="run one of the two comparisons")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the probe section, e.g. engine.enforce_eager=false (repeatable)")
+                    help="override a key of the probe section (or rollout.KEY of the shared rollout section), "
+                    "e.g. engine.enforce_eager=false (repeatable)")
     args = ap.parse_args()
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
         os.environ.setdefault(k, v)
@@ -44,17 +45,17 @@ def main() -> None:
     import datasets
 
     from pipeline.config import load_section
+    from pipeline.models import resolve_model
+    from pipeline.probe import ProbeParams, select_items
     from pipeline.rollout.engines import make_engine
-    from pipeline.rollout.protocols import get_protocol
     from pipeline.schema import read_items
     from pipeline.search import SearchParams, SearchTools
-    from stages.probe import Params, resolve_labeler, select_items
 
-    params: Params = load_section(Params, "probe", args.params, args.set)
-    model = resolve_labeler(args.model or params.model)
+    params: ProbeParams = load_section(ProbeParams, "probe", args.params, args.set)
+    model = resolve_model(args.model or params.model)
     ds = read_items(params.items).cast_column("image", datasets.Image(decode=False))
     items = [ds[i] for i in select_items(ds["id"], args.items, params.seed)]
-    proto = get_protocol(params.protocol, params.limits)
+    proto = params.make_protocol()
     tools = SearchTools.from_params(load_section(SearchParams, "search", args.params))
     engine = make_engine(args.engine, model, protocol=proto, seed=params.seed, params=params.engine)
     print(f"engine {engine.params}")
@@ -106,7 +107,7 @@ def adaptive_vs_fixed(engine, proto, tools, items, k, params, model) -> None:
     import dataclasses
 
     from pipeline.curate.label import label_items
-    from stages.probe import AdaptiveParams, probe_batch
+    from pipeline.probe import AdaptiveParams, probe_batch
 
     fixed_p = dataclasses.replace(params, samples=k, adaptive=AdaptiveParams(enabled=False))
     adapt_p = dataclasses.replace(params, samples=k, adaptive=dataclasses.replace(params.adaptive, enabled=True))

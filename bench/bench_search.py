@@ -3,7 +3,7 @@ synthetic corpus, and of image search on a 100,000-image index; index build time
 
     python bench/bench_search.py [--passages 1000000] [--images 100000] [--queries 500] [--workdir DIR]
 
-The 1M-passage corpus is synthetic (Zipf vocabulary, 60 words per passage; pipeline.search.synthetic). The 100k image
+The 1M-passage corpus is synthetic (Zipf vocabulary, 60 words per passage; bench/synthetic.py). The 100k image
 index holds the real demo corpus images plus synthetic rows (random unit embeddings, colour layouts and hashes) up to
 the target size: query-time work (decode, EfficientNet embedding, colour layout, phash, exact scoring of every row,
 top-k) is the real code path; the per-image build rate is measured on the real demo images. Prints one JSON object.
@@ -89,7 +89,7 @@ def bench_synthetic_text(work: Path, n: int, n_queries: int) -> dict:
     from pipeline.io import progress
     from pipeline.search.config import LocalParams
     from pipeline.search.local_text import LocalTextBackend, build_text_index
-    from pipeline.search.synthetic import synthetic_passages
+    from synthetic import synthetic_passages  # bench/synthetic.py
 
     t0 = time.perf_counter()
     res = build_text_index(synthetic_passages(n, seed=0), work / "syn_text", "synthetic", total=n, progress=progress)

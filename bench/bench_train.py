@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         world = build_world(root)
-        train = {"train_file": "data/balance/train.parquet", "max_items": 8, "num_generations": 4,
+        train = {"train_file": "data/balance/train.parquet", "max_items": 8, "samples": 4,
                  "per_device_train_batch_size": 8, "max_completion_length": 256, "learning_rate": 1e-6,
                  "save_steps": 1000, "seed": 0}
         (root / "params.yaml").write_text(yaml.safe_dump({"search": dataclasses.asdict(world.search), "train": train}))
@@ -87,7 +87,7 @@ def main() -> None:
                 raise SystemExit(f"{engine} run failed")
             results.append(json.loads(line[0][7:]))
     print(f"GRPO on {args.model}: {train['per_device_train_batch_size']} rollouts per step "
-          f"({train['per_device_train_batch_size'] // train['num_generations']} prompts x {train['num_generations']}), "
+          f"({train['per_device_train_batch_size'] // train['samples']} prompts x {train['samples']}), "
           f"max_completion_length {train['max_completion_length']}, mmsearch_r1, {args.steps} steps, {os.cpu_count()} CPUs")
     print(f"{'engine':<14}{'init s':>8}{'s/step (2..N)':>15}{'steps s':>28}{'tok/rollout':>13}{'tools/rollout':>15}")
     for r in results:

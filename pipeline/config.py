@@ -3,6 +3,13 @@
 Each stage declares a dataclass whose fields carry `metadata={"help": ...}`. `load_section` reads its section of
 params.yaml, applies `key=value` overrides (dotted keys for nested fields), checks every value against the field's
 type and rejects unknown keys with the closest valid name. One way to configure everything.
+
+Shared sections: a dataclass with a class attribute `SHARED_SECTION = "<name>"` (e.g. `RolloutParams`, the
+`rollout:` section) is a section several stages read. A stage's params class that extends it gets those fields from
+the shared section first; what the stage's own section sets for them overrides (mappings are merged key by key), so
+a stage lists a shared key only where it truly differs. The whole shared section is checked (unknown keys rejected),
+overrides may name it (`rollout.search_k=3`), and `--help` marks its keys with `[rollout]`.
+A class attribute `RENAMED = {"old_name": "new_name"}` turns an unknown old key into an error that names the new one.
 """
 from __future__ import annotations
 
@@ -122,6 +129,9 @@ def build(cls: type, values: Mapping[str, Any] | None, prefix: str = "") -> Any:
     unknown = [k for k in values if k not in fields]
     if unknown:
         k = unknown[0]
+        renamed = getattr(cls, "RENAMED", {}).get(k)
+        if renamed:
+            raise ParamsError(f"unknown parameter {prefix + k!r}: it is called {prefix + renamed!r} here")
         close = _nested_field(cls, hints, k) or difflib.get_close_matches(k, list(fields), n=1)
         hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
         raise ParamsError(f"unknown parameter {prefix + k!r}{hint}")
@@ -178,22 +188,54 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
+def shared_sections(cls: type) -> dict[str, type]:
+    """{section name: dataclass} of the shared sections `cls` extends (see the module docstring)."""
+    return {vars(base)["SHARED_SECTION"]: base for base in cls.__mro__[1:]
+            if dataclasses.is_dataclass(base) and "SHARED_SECTION" in vars(base)}
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """`over` on top of `base`; mappings merge key by key (recursively), anything else is replaced."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
 def load_section(cls: type, section: str, params_path: str | Path = "params.yaml", overrides: list[str] = ()) -> Any:
-    """Read `section` of params.yaml into dataclass `cls` with overrides applied and checked."""
+    """Read `section` of params.yaml into dataclass `cls` with overrides applied and checked; the fields of a shared
+    section `cls` extends come from that section, with the stage section's values on top."""
     data = read_params(params_path)
     if section not in data:
         raise ParamsError(f"{params_path}: no {section!r} section; add one (see README, 'Parameters')")
-    return build(cls, apply_overrides(data[section] or {}, list(overrides), section), prefix=section + ".")
+    shared = shared_sections(cls)
+    mine = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] not in shared]
+    values = apply_overrides(data[section] or {}, mine, section)
+    for name, base in shared.items():
+        if not isinstance(data.get(name) or {}, Mapping):
+            raise ParamsError(f"{params_path}: the {name!r} section must be a mapping")
+        theirs = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] == name]
+        common = apply_overrides(data.get(name) or {}, theirs, name)
+        build(base, common, prefix=name + ".")  # the whole shared section is checked, whoever reads it
+        keys = {f.name for f in dataclasses.fields(base)}
+        values = {**{k: v for k, v in common.items() if k in keys},
+                  **{k: _merge(common[k], v) if k in common else v for k, v in values.items()}}
+    return build(cls, values, prefix=section + ".")
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, nested fields flattened with dotted keys: the `--help` table."""
+def describe(cls: type, prefix: str = "", mark: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, nested fields flattened with dotted keys: the `--help` table. Keys of a
+    shared section start their help with `[<section>]`."""
     rows = []
     hints = typing.get_type_hints(cls)
+    shared = {f.name: name for name, base in shared_sections(cls).items() for f in dataclasses.fields(base)}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        tag = mark or (f"[{shared[f.name]}] " if f.name in shared else "")
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, prefix + f.name + "."))
+            rows.extend(describe(tp, prefix + f.name + ".", tag))
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -201,7 +243,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
-        rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+        rows.append((prefix + f.name, repr(default), tag + f.metadata.get("help", "")))
     return rows
 
 

@@ -3,7 +3,10 @@
 `normalize_image(data, opts)` checks the bytes (empty, unidentifiable, absurd size read from the header BEFORE any
 pixel is decoded, truncated), applies the EXIF orientation, converts every mode (CMYK, palette, alpha, 16-bit
 grey, ...) to RGB (alpha is composited onto white), bounds the pixel count, and re-encodes with fixed settings and
-no metadata so that the same input gives the same bytes on every run. Reads and writes nothing on disk.
+no metadata so that the same input gives the same bytes on every run.
+
+`image_bytes(value)` is the one way to get the encoded bytes of an image in any form the pipeline meets (bytes, a
+`datasets` Image dict, a path, a PIL image, the veRL `images` list); it reads a file only when the value is a path.
 """
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ import dataclasses
 import hashlib
 import io
 import math
+import os
 import re
 import warnings
-from typing import Literal, NamedTuple
+from pathlib import Path
+from typing import Any, Literal, Mapping, NamedTuple
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -165,3 +170,40 @@ def normalize_image(data: bytes, opts: ImageParams | None = None) -> NormalizedI
     img = bound_pixels(to_rgb(img), opts.max_pixels)
     out = encode(img, opts.format, opts.jpeg_quality)
     return NormalizedImage(out, hashlib.sha1(out).hexdigest(), img.size[0], img.size[1])
+
+
+def image_bytes(value: Any, base: str | os.PathLike | None = None) -> bytes | None:
+    """The encoded bytes of an image, or None when there is none.
+
+    bytes / bytearray / memoryview: as they are. A `datasets` Image dict {"bytes", "path"}: its bytes, else the file
+    at its path. A str or Path: that file. Relative paths are read under `base` when given. A PIL image: encoded as
+    PNG. A list, tuple or array of images (the veRL `images` column): its first image. None, an empty list and a
+    dict with neither bytes nor path give None. A path that cannot be read raises OSError (FileNotFoundError); any
+    other kind of value raises TypeError."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, Mapping):
+        if value.get("bytes") is not None:
+            return bytes(value["bytes"])
+        return _read(value["path"], base) if value.get("path") else None
+    if isinstance(value, (str, Path)):
+        return _read(value, base)
+    if hasattr(value, "save") and hasattr(value, "mode"):  # PIL
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue()
+    if hasattr(value, "tolist"):  # numpy / pyarrow arrays of images
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return image_bytes(value[0], base) if len(value) else None
+    raise TypeError(f"unsupported image value of type {type(value).__name__} (expected bytes, an Image dict "
+                    "{bytes, path}, a path or a PIL image)")
+
+
+def _read(path: str | os.PathLike, base: str | os.PathLike | None) -> bytes:
+    p = Path(path)
+    if base is not None and not p.is_absolute():
+        p = Path(base) / p
+    return p.read_bytes()

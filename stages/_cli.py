@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from pipeline.config import ParamsError, describe, load_section
+from pipeline.config import ParamsError, describe, load_section, shared_sections
 from stages import STAGES
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
@@ -59,7 +59,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m stages {stage}",
         description=module.__doc__,
-        epilog=f"parameters (section {section!r} of params.yaml; override with key=value):\n{table}",
+        epilog=f"parameters (section {section!r} of params.yaml; override with key=value):\n{table}" + "".join(
+            f"\n\n[{name}]: read from the shared `{name}:` section of params.yaml; a key set in the {section!r} section "
+            f"overrides it for this stage only (on the command line: key=value here, {name}.key=value for the shared "
+            "value)" for name in shared_sections(module.Params)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

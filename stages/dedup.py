@@ -61,7 +61,7 @@ def run(params: Params, args) -> int:
     from pipeline.dedup import clusters as dd
     from pipeline.dedup.contamination import load_eval_set
     from pipeline.dedup.hashing import HashSpec, hash_files, hash_many
-    from pipeline.io import exclusion, progress, write_exclusions, write_json
+    from pipeline.io import progress, write_exclusions, write_json
     from pipeline.schema import to_json
 
     root = Path(getattr(args, "root", ".") or ".")
@@ -101,11 +101,7 @@ def run(params: Params, args) -> int:
     t_search = time.perf_counter() - t1
 
     written = dd.write_items_with_clusters(paths, result.cluster_id, out / "items.parquet")
-    rows = []
-    for r in sorted(result.excluded):
-        reason, detail = result.excluded[r]
-        rec = meta.iloc[r][["id", "source", "category", "entity", "question", "answer", "image_sha1"]].to_dict()
-        rows.append(exclusion(rec["id"], "dedup", rec["source"], reason, detail, rec))
+    rows = dd.exclusion_rows(meta, result.excluded)
     write_exclusions(rows, out / "exclusions.parquet")
     assert written + len(rows) == len(meta), "counts in must equal kept + excluded"
 

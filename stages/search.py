@@ -67,12 +67,9 @@ def run(params: Params, args) -> int:
         return 0
     if args.import_paper_cache:
         from pipeline.search.paper_cache import PaperCacheRefused
+        from pipeline.search.web import thumbnail_fetcher
 
-        fetch = None
-        if args.fetch_thumbnails:
-            from pipeline.search.web import thumbnail_fetcher
-
-            fetch = thumbnail_fetcher(params.web)
+        fetch = thumbnail_fetcher(params.web) if args.fetch_thumbnails else None
         try:
             report = tools.cache.import_paper_cache(args.import_paper_cache, fetch, k=params.k_image,
                                                     threads=params.web.concurrency)

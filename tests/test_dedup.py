@@ -274,7 +274,7 @@ def test_stage_writes_outputs_counts_add_up_and_resumes_from_cache(tmp_path):
     m2 = _run_stage(tmp_path, 'scheduler="synchronous"')
     assert m2["hash_chunks_from_cache"] == 2
     assert (out / "items.parquet").read_bytes() == first
-    sorted((tmp_path / "data/cache/dedup").glob("*.parquet"))[0].unlink()
+    sorted((tmp_path / "data/cache/dedup").rglob("*.parquet"))[0].unlink()
     m3 = _run_stage(tmp_path, 'scheduler="threads"')
     assert m3["hash_chunks_from_cache"] == 1
     assert (out / "items.parquet").read_bytes() == first

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from pipeline import models
+from pipeline.runs import path_digest
 from pipeline.rollout.protocols import get_protocol, messages_with_pil
 
 
 def test_tiny_text_model_is_deterministic(tmp_path):
     a = models.tiny_text_model(tmp_path / "a")
     b = models.tiny_text_model(tmp_path / "b")
-    assert a != b and models.folder_digest(a) == models.folder_digest(b)
+    assert a != b and path_digest(a) == path_digest(b)
     cfg = json.loads((a / "config.json").read_text())
     assert cfg["hidden_size"] // cfg["num_attention_heads"] in (32, 64, 80, 96, 112, 128)
     assert models.tiny_text_model(tmp_path / "a") == a       # cached: no rebuild
@@ -130,6 +131,27 @@ def test_resolve_model_specs(tiny_text_model_path, tmp_path, monkeypatch):
         models.resolve_model("mmsc-test/no-such-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert models.resolve_model("mmsc-test/no-such-model") == "mmsc-test/no-such-model"  # used online as is
+
+
+def test_model_ref_folders_resolve_to_their_spec(tiny_text_model_path, tmp_path):
+    """What a disabled bootstrap writes (a folder with only model_ref.json) resolves everywhere a model does."""
+    ref = models.write_model_ref(tmp_path / "bootstrap" / "model", "tiny:text")
+    assert models.resolve_model(str(ref)) == str(tiny_text_model_path)
+    chained = models.write_model_ref(tmp_path / "again", str(ref))
+    assert models.resolve_model(str(chained)) == str(tiny_text_model_path)
+    models.write_model_ref(tmp_path / "a", str(tmp_path / "b"))
+    models.write_model_ref(tmp_path / "b", str(tmp_path / "a"))
+    with pytest.raises(models.ModelError, match="point at each other"):
+        models.resolve_model(str(tmp_path / "a"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_ref.json").write_text("[]")
+    with pytest.raises(models.ModelError, match="must hold"):
+        models.resolve_model(str(tmp_path / "broken"))
+    real = tmp_path / "real"  # a model folder that also carries a model_ref.json is the model itself
+    real.mkdir()
+    (real / "config.json").write_text("{}")
+    (real / "model_ref.json").write_text('{"model": "tiny:text"}')
+    assert models.resolve_model(str(real)) == str(real)
 
 
 def test_cache_dir_from_env(monkeypatch, tmp_path):

@@ -30,7 +30,8 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def warm_text(world, tiny_text_model_path, tmp_path_factory):
     """The tiny text model after the bootstrap's own cold start on demonstrations built with the real tools."""
-    from pipeline.bootstrap import ColdStartParams, build_demonstrations, cold_start
+    from pipeline.bootstrap import build_demonstrations
+    from trainer.sft import ColdStartParams, cold_start
     from pipeline.rollout.protocols import get_protocol
     from pipeline.search import SearchTools
 

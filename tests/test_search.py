@@ -233,7 +233,7 @@ def test_paper_cache_import_and_replay_by_data_id(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def packaged_world(tmp_path_factory):
-    from pipeline.search.synthetic import packaged_corpora
+    from packaged_corpora import packaged_corpora
     from stages.index import Params, run
 
     root = tmp_path_factory.mktemp("world")
@@ -266,7 +266,7 @@ def test_local_text_search_finds_the_capital(packaged_world):
 def test_local_image_search_finds_rephotographed_flags(packaged_world):
     import pyarrow.parquet as pq
 
-    from pipeline.search.synthetic import photo_like
+    from packaged_corpora import photo_like
 
     root, _ = packaged_world
     t = SearchTools(build(SearchParams, {"cache": {"path": "i.sqlite"}}), root)

@@ -33,7 +33,7 @@ def warm_vlm(world, tiny_vlm_path):
 
 def _params(world, model, out, **kw):
     values = dict(model=model, train_file=str(world.train_file), output_dir=str(out), max_items=4, max_steps=1,
-                  num_generations=4, per_device_train_batch_size=4, max_completion_length=700, save_steps=1,
+                  samples=4, per_device_train_batch_size=4, max_completion_length=700, save_steps=1,
                   learning_rate=1e-4, temperature=1.0, reward_functions=["paper", "train_world:record_reward"],
                   reward_weights=[1.0, 0.0])
     values.update(kw)
@@ -215,14 +215,18 @@ def _load(path):
 
 
 def test_config_maps_onto_grpo_config_and_rejects_unknown_keys():
-    p = build(TrainParams, {"limits": {"max_turns": 4}, "beta": 0.0, "epsilon": 0.3, "num_generations": 8, "per_device_train_batch_size": 8,
+    p = build(TrainParams, {"limits": {"max_turns": 4}, "beta": 0.0, "epsilon": 0.3, "samples": 8, "per_device_train_batch_size": 8,
                             "lora": {"enabled": True, "r": 8}, "grpo_overrides": {"num_iterations": 2}})
     cfg = to_grpo_config(p, reward_weights=[1.0])
     assert cfg.max_tool_calling_iterations == 3 and cfg.beta == 0.0 and cfg.epsilon == 0.3
     assert cfg.num_generations == 8 and cfg.num_iterations == 2 and cfg.output_dir.endswith("checkpoints")
     assert p.lora.to_peft().r == 8
-    with pytest.raises(ParamsError, match="did you mean 'num_generations'"):
-        build(TrainParams, {"num_generation": 4})
+    with pytest.raises(ParamsError, match="did you mean 'samples'"):
+        build(TrainParams, {"sample": 4})
+    with pytest.raises(ParamsError, match="'num_generations': it is called 'samples' here"):
+        build(TrainParams, {"num_generations": 4})  # TRL's name for K; ours is the same in every stage
+    with pytest.raises(ValueError, match="num_generations = train.samples"):
+        to_grpo_config(build(TrainParams, {"grpo_overrides": {"num_generations": 2}}))
     with pytest.raises(ParamsError, match="limits.max_turns"):
         build(TrainParams, {"limits": {"max_turn": 2}})
     with pytest.raises(ValueError, match="not a GRPOConfig field; did you mean 'num_iterations'"):

@@ -25,7 +25,7 @@ def test_two_processes_gloo_tool_loop(tmp_path, tiny_text_model_path):
     params = {
         "search": dataclasses.asdict(world.search),
         "train": {"model": model, "train_file": "data/balance/train.parquet", "max_items": 8, "max_steps": 2,
-                  "save_steps": 10, "num_generations": 4, "per_device_train_batch_size": 4,
+                  "save_steps": 10, "samples": 4, "per_device_train_batch_size": 4,
                   "max_completion_length": 700, "learning_rate": 1e-4,
                   "reward_functions": ["paper", "train_world:record_reward"], "reward_weights": [1.0, 0.0]},
     }

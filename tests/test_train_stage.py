@@ -28,7 +28,7 @@ def stage_world(tmp_path_factory, tiny_text_model_path):
     params = {
         "search": dataclasses.asdict(world.search),
         "train": {"model": model, "train_file": "data/balance/train.parquet", "max_items": 4, "max_steps": 3,
-                  "save_steps": 1, "num_generations": 4, "per_device_train_batch_size": 4,
+                  "save_steps": 1, "samples": 4, "per_device_train_batch_size": 4,
                   "max_completion_length": 700, "learning_rate": 1e-4},
     }
     (world.root / "params.yaml").write_text(yaml.safe_dump(params))

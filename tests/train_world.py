@@ -30,7 +30,7 @@ def build_world(root: Path) -> World:
     from pipeline.config import build
     from pipeline.schema import make_item_id, sha1_hex, write_items
     from pipeline.search import SearchParams, SearchTools
-    from pipeline.search.synthetic import flag_arrays, png_bytes
+    from packaged_corpora import flag_arrays, png_bytes
     from stages.index import Params, run
 
     arrays = flag_arrays()

@@ -1,19 +1,20 @@
 """`TrainParams`: the `train:` section of params.yaml, and its mapping onto TRL's `GRPOConfig` and peft's `LoraConfig`.
 
+The rollout settings (protocol, limits, search_k, judge) come from the shared `rollout:` section, as in every
+stage that plays rollouts. K, the rollouts per prompt, is `samples` here as in probe and evaluate and maps
+onto `GRPOConfig.num_generations` (`train.num_generations` is rejected with a message naming `samples`).
 Reads/writes nothing. Unknown keys are rejected by `pipeline.config.build` (with the closest valid name); GRPOConfig
 fields that are not first-class parameters can still be set through `grpo_overrides`, whose keys are checked against
-GRPOConfig's own fields.
+GRPOConfig's own fields (those mapped from this section cannot be set there).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pipeline.config import param
-from pipeline.rollout.protocols.base import Limits
+from pipeline.rollout.config import RolloutParams
 from trainer.rewards import RewardParams
 
 
@@ -35,10 +36,13 @@ class LoraParams:
 
 
 @dataclasses.dataclass
-class TrainParams(RewardParams):
+class TrainParams(RolloutParams, RewardParams):
     """GRPO training of the search policy (the `train:` section). The reward settings (`RewardParams`:
-    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_rule, judge) are
-    fields of this section too."""
+    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_rule) are fields of
+    this section too; the rollout settings (protocol, limits, search_k, judge) come from the shared `rollout:`
+    section (`RolloutParams`), like the probe's, so training plays what the labels measured."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"num_generations": "samples"}
 
     # --- model and start point ---
     model: str = param(
@@ -48,11 +52,9 @@ class TrainParams(RewardParams):
     )
     cold_start: bool = param(
         False,
-        "run the bootstrap stage's supervised cold start (pipeline/bootstrap.py, settings from the params file's "
-        "`bootstrap:` section) on `model` before GRPO; for a base model that does not know the protocol yet",
-    )
-    protocol: Literal["mmsearch_r1", "tool_calls"] = param(
-        "mmsearch_r1", "rollout protocol: mmsearch_r1 (the paper's tags) or tool_calls (chat-template tool calling)"
+        "run the bootstrap stage's demonstrations and supervised cold start (trainer/cold_start.py, settings from "
+        "the params file's `bootstrap:` section) on `model` before GRPO; for a base model that does not know the "
+        "protocol yet",
     )
     condition: Literal["tools", "image_only", "text_only"] = param(
         "tools", "tools offered during training: both searches, image search only, or text search only"
@@ -60,19 +62,10 @@ class TrainParams(RewardParams):
     show_image: Optional[bool] = param(
         None, "put the item image in the prompt (null = yes for a vision-language model, no for a text-only model)"
     )
-    limits: Limits = param(
-        factory=Limits,
-        help="protocol limits per rollout (as in probe); GRPOConfig.max_tool_calling_iterations = max_turns - 1",
-    )
     cache_mode: Literal["live", "cache_first", "replay_only"] = param(
         "replay_only",
         "search cache mode during training (tools come from the params file's `search:` section): replay_only keeps "
         "training offline and reproducible; a miss is a tool error the policy sees",
-    )
-    search_k: int = param(
-        0,
-        "results per search call (0 = search.k_image / search.k_text); keep equal to probe.search_k so that "
-        "replay_only finds the entries probe cached (an entry with fewer results does not answer a larger k)",
     )
     # --- data ---
     train_file: str = param("data/balance/train.parquet", "training items (item columns + label)")
@@ -87,8 +80,8 @@ class TrainParams(RewardParams):
         "starts over, or a checkpoint folder path",
     )
     # --- GRPO ---
-    num_generations: int = param(4, "rollouts per prompt (the GRPO group size G)")
-    per_device_train_batch_size: int = param(4, "completions per device per optimizer micro-step (multiple of num_generations / processes)")
+    samples: int = param(4, "rollouts per prompt (K, the GRPO group size G; GRPOConfig.num_generations)")
+    per_device_train_batch_size: int = param(4, "completions per device per optimizer micro-step (multiple of samples / processes)")
     gradient_accumulation_steps: int = param(1, "micro-steps per optimizer step")
     learning_rate: float = param(1e-6, "AdamW learning rate")
     lr_scheduler_type: str = param("constant", "transformers scheduler name (constant, linear, cosine, ...)")
@@ -128,8 +121,8 @@ class TrainParams(RewardParams):
     report_to: list[str] = param([], "extra trackers (tensorboard, wandb, ...); the curves files are always written")
 
     def validate(self) -> None:
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2 (GRPO compares rollouts within a group)")
+        if self.samples < 2:
+            raise ValueError("samples must be >= 2 (GRPO compares rollouts within a group)")
         if self.max_completion_length < 8:
             raise ValueError("max_completion_length must be >= 8")
         if self.vllm_mode == "server" and self.use_vllm and not (self.vllm_server_base_url or self.vllm_server_host):
@@ -137,6 +130,7 @@ class TrainParams(RewardParams):
         if self.resume not in ("latest", "never") and not self.resume.strip():
             raise ValueError("resume must be 'latest', 'never' or a checkpoint path")
         self.limits.validate()
+        RolloutParams.validate(self)
         RewardParams.validate(self)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -151,11 +145,13 @@ class TrainParams(RewardParams):
     def fingerprint(self) -> str:
         """Hash of every setting that changes the training trajectory (not output/cadence/resume settings): a
         checkpoint is resumed only when its run had the same fingerprint."""
+        from pipeline.runs import fingerprint
+
         d = dataclasses.asdict(self)
         for key in ("output_dir", "resume", "save_steps", "save_total_limit", "logging_steps", "report_to", "max_steps",
                     "eval_steps", "num_train_epochs"):
             d.pop(key, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return fingerprint(d)
 
 
 def grpo_config_fields() -> set[str]:
@@ -184,6 +180,11 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
     from trl import GRPOConfig
 
     known = grpo_config_fields()
+    mapped = sorted(set(params.grpo_overrides) & {"num_generations", "max_tool_calling_iterations", "output_dir"})
+    if mapped:
+        raise ValueError(f"train.grpo_overrides: {mapped[0]!r} is set from the train section (num_generations = "
+                         "train.samples, max_tool_calling_iterations = rollout.limits.max_turns - 1, output_dir = "
+                         "train.output_dir); set those instead")
     bad = sorted(set(params.grpo_overrides) - known)
     if bad:
         import difflib
@@ -195,7 +196,7 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
     bf16 = params.precision == "bf16" or (params.precision == "auto" and bf16_supported())
     kwargs: dict[str, Any] = dict(
         output_dir=str(params.checkpoints_dir),
-        num_generations=params.num_generations,
+        num_generations=params.samples,
         per_device_train_batch_size=params.per_device_train_batch_size,
         gradient_accumulation_steps=params.gradient_accumulation_steps,
         learning_rate=params.learning_rate,

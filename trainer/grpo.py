@@ -1,11 +1,12 @@
 """GRPO training run: items -> prompts, TRL GRPOTrainer over the protocol's environment, checkpoints, final model.
 
 Reads: `train.train_file` (balanced items: item columns + label), optionally `train.eval_file`; the policy model
-(`train.model`, resolved by `pipeline.models.resolve_model`); the search tools of the params file's `search:`
+(`train.model`, resolved by `pipeline.models.resolve_model`, which follows a bootstrap's model_ref.json); the search tools of the params file's `search:`
 section (cache mode from `train.cache_mode`).
 Writes, under `train.output_dir` (main process only):
   checkpoints/checkpoint-N/   TRL/transformers checkpoints (every `save_steps`), plus checkpoints/run.json (the
-                              settings fingerprint; a checkpoint is resumed only by a run with the same one)
+                              run's fingerprint, `pipeline.runs`; a checkpoint is resumed only by a run with the same
+                              one, and checkpoints of another fingerprint are cleared)
   model/                      the final policy: safetensors + config + tokenizer/processor with the protocol's chat
                               template and response template (LoRA merged); loads in transformers and vLLM
   curves.json, curves.tsv, curves.png   per-step reward, its components, search calls, KL, loss (DVC plots)
@@ -18,7 +19,6 @@ upstream; use DDP + colocate, see trainer/accelerate/).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import exclusion, progress, write_exclusions, write_json
+from pipeline.runs import mark
 from trainer.callbacks import CurvesCallback, curve_rows, write_curves
 from trainer.config import TrainParams, to_grpo_config
 from pipeline.rollout.environment import SEARCH_IMAGE_COLUMN, environment_class
 from trainer.rewards import reward_functions
 from trainer.vllm_cpu import cpu_weight_sync_fix
-
-RUN_FILE = "run.json"
 
 
 @dataclasses.dataclass
@@ -54,17 +53,6 @@ class TrainRun:
 # ---------------------------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------------------------
-def resolve_policy(spec: str) -> str:
-    """`train.model` -> a loadable model: a folder holding only model_ref.json (what a disabled bootstrap writes)
-    follows the spec inside it; everything else goes through `pipeline.models.resolve_model`."""
-    from pipeline.models import resolve_model
-
-    ref = Path(spec) / "model_ref.json"
-    if ref.exists() and not (Path(spec) / "config.json").exists():
-        spec = json.loads(ref.read_text())["model"]
-    return resolve_model(spec)
-
-
 def is_vision_model(path: str) -> bool:
     from pipeline.models import model_info
 
@@ -145,7 +133,7 @@ def build_dataset(rows: list[dict], protocol: Any, processor: Any, condition: st
     answer, aliases, label, meta (JSON: what search backends may key on, e.g. the paper's data_id)."""
     import datasets
 
-    from pipeline.rollout.protocols.base import image_bytes
+    from pipeline.images import image_bytes
 
     examples, excluded = [], []
     for row in progress(rows, desc=f"{stage}: prompts", unit="item"):
@@ -211,23 +199,16 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 def run_fingerprint(params: TrainParams, model_path: str, train_file: str | os.PathLike) -> str:
     """Settings + the bytes of the start model and of the training items: a checkpoint is resumed only by a run
     with the same fingerprint (a re-bootstrapped model or re-balanced split starts over)."""
-    import hashlib
+    from pipeline.runs import fingerprint, path_digest
 
-    h = hashlib.sha256(params.fingerprint().encode())
-    files = sorted(p for p in Path(model_path).glob("*") if p.is_file()) if Path(model_path).is_dir() else []
-    for f in files + [Path(train_file)]:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    if not files:
-        h.update(str(model_path).encode())  # a Hub id
-    return h.hexdigest()[:16]
+    return fingerprint(params.fingerprint(), path_digest(model_path), path_digest(train_file))
 
 
 def resume_checkpoint(params: TrainParams, is_main: bool = True, fingerprint: str | None = None) -> str | None:
-    """The checkpoint to resume from, per `params.resume`; clears checkpoints of a run with another fingerprint
-    (default: `params.fingerprint()`)."""
+    """The checkpoint to resume from, per `params.resume`; the main process clears checkpoints of a run with another
+    fingerprint (default: `params.fingerprint()`) through `pipeline.runs.claim`."""
+    from pipeline.runs import claim
+
     fingerprint = fingerprint or params.fingerprint()
     folder = params.checkpoints_dir
     if params.resume == "never":
@@ -238,16 +219,10 @@ def resume_checkpoint(params: TrainParams, is_main: bool = True, fingerprint: st
         if not (Path(params.resume) / "trainer_state.json").exists():
             raise FileNotFoundError(f"train.resume={params.resume!r} is not a complete checkpoint folder")
         return params.resume
-    run_file = folder / RUN_FILE
-    if folder.exists():
-        same = run_file.exists() and json.loads(run_file.read_text()).get("fingerprint") == fingerprint
-        if not same:
-            if is_main:
-                shutil.rmtree(folder)  # checkpoints of other settings would silently mix two runs
-            return None
-        done = complete_checkpoints(folder)
-        return str(done[-1]) if done else None
-    return None
+    if not claim(folder, fingerprint, clear=is_main):  # checkpoints of other settings would silently mix two runs
+        return None
+    done = complete_checkpoints(folder)
+    return str(done[-1]) if done else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,17 +238,17 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
     from accelerate import PartialState
     from trl import GRPOTrainer
 
-    from pipeline.rollout.protocols import get_protocol
+    from pipeline.models import resolve_model
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     root = Path(root)
-    model_path = model_path or resolve_policy(params.model)
+    model_path = model_path or resolve_model(params.model)
     is_vlm = is_vision_model(model_path)
     show_image = is_vlm if params.show_image is None else bool(params.show_image)
     if show_image and not is_vlm:
         raise ValueError(f"train.show_image=true but {model_path} is a text-only model; set show_image: null or false")
-    protocol = get_protocol(params.protocol, params.limits)
+    protocol = params.make_protocol()
     processor = load_processor(model_path, protocol)
 
     if tools is None:
@@ -311,8 +286,7 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
         resume_from = resume_checkpoint(params, False, fingerprint)
     state.wait_for_everyone()
     if state.is_main_process:
-        params.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        write_json({"fingerprint": fingerprint, "model": model_path}, params.checkpoints_dir / RUN_FILE)
+        mark(params.checkpoints_dir, fingerprint, model=model_path)
 
     model = load_policy(model_path, is_vlm, args.bf16)
     with cpu_weight_sync_fix(params.use_vllm and params.vllm_mode == "colocate"):

@@ -336,3 +336,15 @@ def write_items_with_clusters(paths: Sequence[str | Path], cluster_id: Sequence[
         raise RuntimeError(f"items files changed while deduplicating: {pos} rows read, {len(cluster_id)} expected")
     tmp.replace(out)
     return written
+
+
+def exclusion_rows(meta: pd.DataFrame, excluded: dict[int, tuple[str, str]]) -> list[dict]:
+    """Exclusion rows (pipeline.io.exclusion) of the dropped items, in row order, with their identifying columns."""
+    from pipeline.io import exclusion
+
+    rows = []
+    for r in sorted(excluded):
+        reason, detail = excluded[r]
+        rec = meta.iloc[r][["id", "source", "category", "entity", "question", "answer", "image_sha1"]].to_dict()
+        rows.append(exclusion(rec["id"], "dedup", rec["source"], reason, detail, rec))
+    return rows

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.config import param
+from pipeline.images import image_bytes
 
 FIELDS = ("id", "question", "image")
 
@@ -55,18 +56,6 @@ class EvalData:
 _IMAGE_TOKEN = re.compile(r"<image>|<\|image_pad\|>|<\|vision_start\|>|<\|vision_end\|>")
 
 
-def _unwrap_image(value: Any) -> bytes | None:
-    if isinstance(value, (list, tuple)):
-        return _unwrap_image(value[0]) if len(value) else None
-    if hasattr(value, "tolist") and not isinstance(value, (bytes, bytearray)):
-        return _unwrap_image(value.tolist())
-    if isinstance(value, dict):
-        return value.get("bytes")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    return None
-
-
 def _unwrap_question(value: Any) -> str:
     if value is None:
         return ""
@@ -99,9 +88,12 @@ def load_eval_set(spec: EvalSet) -> EvalData:
     wanted = [cols["question"], cols["image"]] + ([cols["id"]] if cols["id"] in names else [])
     rows = pq.read_table(path, columns=wanted).to_pylist()
     ids = [str(r[cols["id"]]) if cols["id"] in r else f"{spec.label}:{i}" for i, r in enumerate(rows)]
-    return EvalData(
-        name=spec.label,
-        ids=ids,
-        questions=[_unwrap_question(r[cols["question"]]) for r in rows],
-        images=[_unwrap_image(r[cols["image"]]) for r in rows],
-    )
+    images = []
+    for item_id, r in zip(ids, rows):
+        try:
+            images.append(image_bytes(r[cols["image"]], base=path.parent))
+        except (OSError, TypeError) as exc:
+            raise ValueError(f"eval set {spec.label!r} ({spec.path}): item {item_id}: the image cannot be read ({exc}); "
+                             f"fix the file or dedup.eval_sets[].columns.image") from None
+    return EvalData(name=spec.label, ids=ids, questions=[_unwrap_question(r[cols["question"]]) for r in rows],
+                    images=images)

@@ -5,22 +5,24 @@ crops at a few scales). Matching the full hash of one image against every window
 that were cropped, besides re-encoded and resized ones: a crop of an image looks like one of its windows.
 
 Reads items parquet files (columns `image`, `image_sha1` only, a chunk of row groups per task); writes one small
-parquet per finished chunk under the cache folder, so a killed run resumes where it stopped and a re-run with the
-same inputs and settings hashes nothing. Does not support hashes other than 64 bits (hash_size 8).
+parquet per finished chunk under the cache folder (a `pipeline.runs.Run`: chunks are its units), so a killed run
+resumes where it stopped and a re-run with the same inputs and settings hashes nothing. Does not support hashes other than 64 bits (hash_size 8).
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline import runs
+from pipeline.images import image_bytes
 
 METHODS = ("phash", "dhash", "ahash", "whash")
 NO_IMAGE = "no image"  # the hash "error" of an item that has no image
@@ -99,7 +101,7 @@ def hash_many(images: Sequence[bytes | None], spec: HashSpec = HashSpec()) -> tu
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Parallel, resumable hashing of parquet files
+# Parallel, resumable hashing of parquet files (units and parts of pipeline/runs.py)
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Chunk:
@@ -108,7 +110,7 @@ class Chunk:
     path: str
     row_groups: list[int]
     rows: int
-    digest: str = ""  # sha1 of the spec and the chunk's image_sha1 values: the cache file name
+    digest: str = ""  # fingerprint of the chunk's image_sha1 values: its part name in the cache
     image_sha1: list[str] = field(default_factory=list)
 
 
@@ -124,39 +126,25 @@ def plan_chunks(paths: Sequence[str | os.PathLike], spec: HashSpec, chunk_rows: 
             rows += pf.metadata.row_group(rg).num_rows
             if rows >= chunk_rows or rg == pf.num_row_groups - 1:
                 ids = sha[pos : pos + rows]
-                digest = hashlib.sha1((spec.key() + "\n" + "\n".join(ids)).encode()).hexdigest()
-                chunks.append(Chunk(str(path), current, rows, digest, ids))
+                chunks.append(Chunk(str(path), current, rows, runs.fingerprint(ids, length=40), ids))
                 pos += rows
                 current, rows = [], 0
     return chunks
 
 
-def _image_bytes(value) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return value.get("bytes")
-    return value
-
-
-def _hash_chunk(chunk: Chunk, spec: HashSpec, cache_dir: str | None) -> tuple[np.ndarray, list[str]]:
-    """Worker: read the chunk's images, hash them, write the cache file; returns (hashes, errors)."""
+def hash_chunk(chunk: Chunk, spec: HashSpec) -> pa.Table:
+    """Worker: the chunk's images hashed, as a table (hashes: fixed-size lists of n_variants uint64, error)."""
     table = pq.ParquetFile(chunk.path).read_row_groups(chunk.row_groups, columns=["image"])
-    images = [_image_bytes(v) for v in table.column("image").to_pylist()]
-    hashes, errors = hash_many(images, spec)
-    if cache_dir:
-        out = Path(cache_dir) / f"{chunk.digest}.parquet"
-        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-        flat = pa.array(hashes.reshape(-1), type=pa.uint64())
-        lists = pa.FixedSizeListArray.from_arrays(flat, spec.n_variants)
-        pq.write_table(pa.table({"hashes": lists, "error": pa.array(errors, pa.string())}), tmp)
-        os.replace(tmp, out)
-    return hashes, errors
+    hashes, errors = hash_many([image_bytes(v) for v in table.column("image").to_pylist()], spec)
+    lists = pa.FixedSizeListArray.from_arrays(pa.array(hashes.reshape(-1), type=pa.uint64()), spec.n_variants)
+    return pa.table({"hashes": lists, "error": pa.array(errors, pa.string())})
 
 
-def _read_cached(path: Path, n_variants: int) -> tuple[np.ndarray, list[str]]:
-    t = pq.read_table(path)
-    flat = t.column("hashes").combine_chunks().flatten().to_numpy()
+def _arrays(tables: list[pa.Table], n_variants: int) -> tuple[np.ndarray, list[str]]:
+    if not tables:
+        return np.zeros((0, n_variants), np.uint64), []
+    t = pa.concat_tables(tables)
+    flat = t.column("hashes").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, n_variants).astype(np.uint64), t.column("error").to_pylist()
 
 
@@ -173,69 +161,20 @@ def hash_files(
     """Hash the images of items files, rows in file order: (hashes (n, n_variants), errors, stats).
 
     `scheduler`: "synchronous", "threads", "processes" (dask local schedulers, `workers` of them) or the address
-    of a dask distributed scheduler ("tcp://host:8786"). Chunks found in `cache_dir` are not recomputed.
+    of a dask distributed scheduler ("tcp://host:8786"). Chunks are the units of a `pipeline.runs.Run` whose parts
+    live in `cache_dir/<fingerprint of the spec>/` (None: no cache): chunks found there are not recomputed, and
+    after a complete run parts of other specs and of chunks no longer present are removed.
     """
-    import dask
-
     chunks = plan_chunks(paths, spec, chunk_rows)
-    results: list[tuple[np.ndarray, list[str]] | None] = [None] * len(chunks)
-    todo = []
-    if cache_dir:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    for k, chunk in enumerate(chunks):
-        cached = Path(cache_dir) / f"{chunk.digest}.parquet" if cache_dir else None
-        if cached is not None and cached.exists():
-            results[k] = _read_cached(cached, spec.n_variants)
-            if progress:
-                progress(chunk.rows)
-        else:
-            todo.append(k)
-    cache = str(cache_dir) if cache_dir else None
-    if todo:
-        tasks = [dask.delayed(_hash_chunk)(chunks[k], spec, cache) for k in todo]
-        if "://" in scheduler:
-            from dask.distributed import Client
-
-            with Client(scheduler) as client:
-                futures = client.compute(tasks)
-                for k, fut in zip(todo, futures):
-                    results[k] = fut.result()
-                    if progress:
-                        progress(chunks[k].rows)
-        else:
-            with _local_pool(scheduler, workers) as pool:
-                # a few chunks per worker per batch keep the progress bar moving at little scheduling cost
-                step = max(1, workers * 2)
-                for b in range(0, len(tasks), step):
-                    extra = {"pool": pool} if pool is not None else {}
-                    done = dask.compute(*tasks[b : b + step], scheduler=scheduler, num_workers=workers, **extra)
-                    for k, res in zip(todo[b : b + step], done):
-                        results[k] = res
-                        if progress:
-                            progress(chunks[k].rows)
-    hashes = np.concatenate([r[0] for r in results]) if results else np.zeros((0, spec.n_variants), np.uint64)
-    errors = [e for r in results for e in r[1]]
-    stats = {"chunks": len(chunks), "chunks_from_cache": len(chunks) - len(todo), "images": int(hashes.shape[0])}
+    run = runs.Run(cache_dir, runs.fingerprint(asdict(spec)), chunks, name=lambda c: c.digest).start(
+        {"hash_spec": asdict(spec)})
+    cached = [c for c in chunks if run.done(c)]
+    if progress:
+        for c in cached:
+            progress(c.rows)
+    run.execute(functools.partial(hash_chunk, spec=spec), map_units=runs.dask_map(scheduler, workers),
+                on_unit=(lambda c, _t: progress(c.rows)) if progress else None)
+    hashes, errors = run.merge(lambda tables: _arrays(tables, spec.n_variants))
+    run.clear_stale()
+    stats = {"chunks": len(chunks), "chunks_from_cache": len(cached), "images": int(hashes.shape[0])}
     return hashes, errors, stats
-
-
-class _NoPool:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _local_pool(scheduler: str, workers: int):
-    """One executor reused by every batch (a process pool per `dask.compute` call would re-spawn workers)."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    if scheduler == "processes":
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    if scheduler == "threads":
-        return cf.ThreadPoolExecutor(max_workers=workers)
-    if scheduler in ("synchronous", "sync", "single-threaded"):
-        return _NoPool()
-    raise ValueError(f"unknown dask scheduler {scheduler!r}: use synchronous, threads, processes or tcp://host:port")

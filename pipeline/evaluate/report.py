@@ -171,3 +171,14 @@ def write_plots(metrics: Nested, models: Sequence[str], modes: Sequence[str], da
     plt.close(fig)
     written.append(png_path)
     return written
+
+
+def summary_lines(metrics: Nested, models: Sequence[str], modes: Sequence[str], datasets: Sequence[str]) -> list[str]:
+    """One line per model x mode: accuracy and search ratio per dataset, as percentages (for the console)."""
+    def cell(model: str, mode: str, d: str, key: str) -> str:
+        value = _get(metrics, model, mode, d, key)
+        return "–" if value is None else f"{pct(value)}%"
+
+    return [f"{model} {mode}: " + ", ".join(f"{d}: acc {cell(model, mode, d, 'accuracy')} "
+                                            f"SR {cell(model, mode, d, 'search_ratio')}" for d in datasets)
+            for model in models for mode in modes]

@@ -7,10 +7,9 @@ Reads image files named by rows; writes nothing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.images import ImageError, ImageParams, normalize_image
+from pipeline.images import ImageError, ImageParams, image_bytes, normalize_image
 from pipeline.io import exclusion
 from pipeline.schema import make_item_id, to_json
 
@@ -86,26 +85,18 @@ def _image_bytes(raw: dict) -> bytes | None:
     image = raw.get("image")
     key = raw["key"]
     try:
-        if image is None:
-            return None
-        if isinstance(image, dict):
-            if image.get("bytes") is not None:
-                return image["bytes"]
-            if image.get("path"):
-                return Path(image["path"]).read_bytes()
-            return None
-        if hasattr(image, "load"):
+        if hasattr(image, "load") and not hasattr(image, "mode"):  # a lazy recipe (demo) renders its bytes
             return image.load()
-        if isinstance(image, (str, Path)):
-            return Path(image).read_bytes()
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return bytes(image)
+        if not isinstance(image, (list, tuple)) and not hasattr(image, "tolist"):  # one image per item, not a list
+            return image_bytes(image)
     except FileNotFoundError as exc:
         raise RowError(key, "image", MISSING_IMAGE, f"image file not found: {exc.filename}; fix the path or image_root") from None
     except OSError as exc:
         raise RowError(key, "image", "image_unreadable", f"cannot read the image file: {exc}") from None
     except ImageError as exc:  # a lazy recipe (demo) may fail while rendering
         raise RowError(key, "image", exc.reason, exc.detail) from None
+    except TypeError:
+        pass
     raise RowError(key, "image", WRONG_TYPE, f"expected image bytes or a path, got {type(image).__name__}")
 
 

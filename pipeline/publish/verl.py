@@ -21,6 +21,7 @@ from typing import Any, Iterable, Literal, Mapping
 import pyarrow as pa
 
 from pipeline.config import param
+from pipeline.images import image_bytes
 
 _ELEMENT = "element"  # list child name as pyarrow reads it back from parquet
 PROMPT_TYPE = pa.list_(pa.field(_ELEMENT, pa.struct([("content", pa.string()), ("role", pa.string())])))
@@ -131,8 +132,8 @@ def verl_row(item: Mapping[str, Any], split: str, index: int, params: VerlParams
     label = item.get("label")
     if isinstance(label, int):
         label = LABELS[label]
-    image = item.get("image")
-    images = [{"bytes": bytes(image["bytes"]), "path": None}] if image and image.get("bytes") else []
+    data = image_bytes(item.get("image"))
+    images = [{"bytes": data, "path": None}] if data else []
     return {
         "prompt": prompt_messages(item, params),
         "images": images,

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from pipeline.images import image_bytes
 from pipeline.rollout.protocols.base import (
-    TEXT_SEARCH, Protocol, RolloutState, blocks_with_pil, condition_tools, image_bytes,
+    TEXT_SEARCH, Protocol, RolloutState, blocks_with_pil, condition_tools,
 )
 from pipeline.rollout.protocols.tool_methods import TOOL_METHODS
 from pipeline.rollout.step import Request, ToolStep, item_meta

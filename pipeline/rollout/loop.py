@@ -29,7 +29,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.rollout.engines import Sampling, derive_seed
-from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH, condition_tools, image_bytes
+from pipeline.images import image_bytes
+from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH, condition_tools
 from pipeline.rollout.step import Request, ToolStep, item_meta
 from pipeline.schema import sha1_hex, to_json
 

@@ -1,5 +1,6 @@
 """Search tools (image_search, text_search), their backends (local indexes, SerpAPI web, paper replay) and the
-content-addressed, replayable tool-result cache.
+content-addressed, replayable tool-result cache. `backends.py` is the base class, `registry.py` picks the backend of
+each tool, `tools.py` runs calls through the cache (`cache.py`).
 
     from pipeline.search import SearchTools, SearchParams
     tools = SearchTools.from_params(params.search, root=Path("."))

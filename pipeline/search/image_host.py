@@ -44,7 +44,7 @@ class ImageHost:
     def __init__(self, upload, store=None, client: Callable[[], Any] | None = None):
         self.upload = upload  # UploadParams
         self.store = store  # SearchCache (its image_urls table) or None: URLs kept for this object only
-        self._client = client  # () -> pipeline.search.web.HttpClient, for `post`
+        self._client = client  # () -> pipeline.search.http.HttpClient, for `post`
         self._memory: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -144,7 +144,7 @@ class ImageHost:
 
 def host_for(web, store=None) -> ImageHost:
     """The ImageHost of `web` (WebParams) over `store` (a SearchCache), with an HTTP client for `post`."""
-    from pipeline.search.web import HttpClient
+    from pipeline.search.http import HttpClient
 
     return ImageHost(web.upload, store, lambda: HttpClient(web.timeout_s, web.retries, web.backoff_s, web.concurrency))
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from pipeline.images import image_bytes
 from pipeline.search.backends import Backend
 from pipeline.search.types import SearchError, SearchHit
 
@@ -51,18 +52,6 @@ def image_features(embedder, images: list) -> tuple[np.ndarray, np.ndarray, np.n
     from pipeline.search.embed import color_layout
 
     return embedder.embed_pil(images), color_layout(images), np.array([phash_int(im) for im in images], dtype=np.uint64)
-
-
-def _image_bytes(row: Mapping[str, Any], base: Path) -> bytes:
-    img = row.get("image") or {}
-    data = img.get("bytes") if isinstance(img, Mapping) else None
-    if data:
-        return bytes(data)
-    path = img.get("path") if isinstance(img, Mapping) else None
-    if path:
-        p = Path(path) if Path(path).is_absolute() else base / path
-        return p.read_bytes()
-    raise ValueError("row has neither image bytes nor an image path")
 
 
 def build_image_index(rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike, corpus_sha: str,
@@ -121,8 +110,11 @@ def build_image_index(rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathL
                 exc_here.append(f"{iid}\timage_id_duplicate")
                 continue
             try:
-                im = decode_rgb(_image_bytes(row, Path(base_dir)))
-            except (ValueError, OSError) as exc:
+                data = image_bytes(row.get("image"), base=base_dir)
+                if not data:
+                    raise ValueError("row has neither image bytes nor an image path")
+                im = decode_rgb(data)
+            except (ValueError, OSError, TypeError) as exc:
                 exc_here.append(f"{iid}\timage_unreadable: {exc}")
                 continue
             seen.add(iid)

@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline.search.backends import Backend, make_backend
+from pipeline.search.backends import Backend
 from pipeline.search.cache import SearchCache, cache_key
 from pipeline.search.config import SearchParams
+from pipeline.search.registry import make_backend
 from pipeline.search.types import TOOLS, ReplayMiss, SearchError, SearchResult
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pipeline.rollout.protocols.base import (
     ANSWER, CONDITION_TOOLS, IMAGE_SEARCH, INVALID, SEARCH_KINDS, TEXT_SEARCH, VISION_PLACEHOLDER, Limits,
-    Protocol, RolloutState, ToolCall, blocks_with_pil, condition_tools, image_bytes, messages_with_pil, text_of, to_pil,
+    Protocol, RolloutState, ToolCall, blocks_with_pil, condition_tools, messages_with_pil, text_of, to_pil,
 )
 from pipeline.rollout.protocols.mmsearch_r1 import MMSearchR1Protocol
 from pipeline.rollout.protocols.tool_calls import ToolCallsProtocol
@@ -25,6 +25,6 @@ def get_protocol(name: str, limits: Limits | None = None) -> Protocol:
 __all__ = [
     "ANSWER", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "MMSearchR1Protocol", "PROTOCOLS",
     "Protocol", "RolloutState", "SEARCH_KINDS", "TEXT_SEARCH", "ToolCall", "ToolCallsProtocol",
-    "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "get_protocol", "image_bytes", "messages_with_pil",
+    "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "get_protocol", "messages_with_pil",
     "text_of", "to_pil",
 ]

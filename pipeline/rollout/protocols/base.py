@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pipeline.config import param
+from pipeline.images import image_bytes
 from pipeline.rollout.score import ANSWER, IMAGE_SEARCH, INVALID, TEXT_SEARCH, TrajectoryScore, score_turns
 
 SEARCH_KINDS = (IMAGE_SEARCH, TEXT_SEARCH)
@@ -79,26 +80,6 @@ def condition_tools(condition: str) -> tuple[str, ...]:
     if condition not in CONDITION_TOOLS:
         raise ValueError(f"unknown condition {condition!r}; use one of {sorted(CONDITION_TOOLS)}")
     return CONDITION_TOOLS[condition]
-
-
-def image_bytes(image: Any) -> bytes | None:
-    """Raw bytes of an item image given as bytes, a datasets Image dict ({"bytes", "path"}) or a PIL image."""
-    if image is None:
-        return None
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    if isinstance(image, Mapping):
-        if image.get("bytes") is not None:
-            return bytes(image["bytes"])
-        if image.get("path"):
-            with open(image["path"], "rb") as f:
-                return f.read()
-        return None
-    if hasattr(image, "save"):  # PIL
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
-    raise TypeError(f"unsupported image value of type {type(image).__name__}")
 
 
 def to_pil(image: Any):
@@ -269,7 +250,7 @@ def dataclasses_copy(obj: Any) -> Any:
 
 __all__ = [
     "ANSWER", "CONDITION_TOOLS", "IMAGE_SEARCH", "INVALID", "Limits", "Protocol", "RolloutState",
-    "SEARCH_KINDS", "TEXT_SEARCH", "ToolCall", "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools", "image_bytes",
+    "SEARCH_KINDS", "TEXT_SEARCH", "ToolCall", "VISION_PLACEHOLDER", "blocks_with_pil", "condition_tools",
     "messages_with_pil",
     "text_of", "to_pil",
 ]

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pipeline.rollout.protocols import prompts
-from pipeline.rollout.protocols.base import IMAGE_SEARCH, TEXT_SEARCH, Protocol, condition_tools, image_bytes
+from pipeline.images import image_bytes
+from pipeline.rollout.protocols.base import IMAGE_SEARCH, TEXT_SEARCH, Protocol, condition_tools
 from pipeline.rollout.protocols.templates import MMSEARCH_R1_RESPONSE_TEMPLATE, MMSEARCH_R1_TEMPLATE
 
 class MMSearchR1Protocol(Protocol):

@@ -12,7 +12,8 @@ import json
 from typing import Any, Mapping
 
 from pipeline.rollout.protocols import prompts
-from pipeline.rollout.protocols.base import IMAGE_SEARCH, TEXT_SEARCH, Protocol, condition_tools, image_bytes
+from pipeline.images import image_bytes
+from pipeline.rollout.protocols.base import IMAGE_SEARCH, TEXT_SEARCH, Protocol, condition_tools
 from pipeline.rollout.protocols.tool_methods import TOOL_METHODS
 from pipeline.rollout.protocols.templates import TOOL_CALLS_RESPONSE_TEMPLATE, TOOL_CALLS_TEMPLATE
 

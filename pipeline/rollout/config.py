@@ -1,0 +1,39 @@
+"""`RolloutParams`: the shared `rollout:` section of params.yaml, how one rollout is played and judged.
+
+Bootstrap, probe, train and evaluate extend it, so "search-required" means the same thing in the labels as in
+training and evaluation: `pipeline.config.load_section` fills these fields from `rollout:` and then applies what a
+stage's own section sets (only where that stage truly differs). How many rollouts per item (K) is each stage's own
+`samples`. Reads/writes nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from pipeline.config import param
+from pipeline.judge import JudgeParams
+from pipeline.rollout.protocols import Limits
+
+
+@dataclasses.dataclass
+class RolloutParams:
+    SHARED_SECTION: ClassVar[str] = "rollout"
+
+    protocol: Literal["mmsearch_r1", "tool_calls"] = param(
+        "mmsearch_r1", help="mmsearch_r1 (the paper's tags) | tool_calls (the chat template's native tool calling)")
+    limits: Limits = param(factory=Limits, help="per-rollout limits (the paper: 3 turns, 1 image search in turn 1, "
+                           "2 text searches); evaluate's rag mode always runs image search, text search, answer")
+    search_k: int = param(0, help="results per search call (0 = search.k_image / search.k_text); one value for "
+                          "every stage, so train's replay_only cache finds what probe cached")
+    judge: JudgeParams = param(factory=JudgeParams, help="answer judge: em with aliases (the paper's reward), "
+                               "subem, f1 or llm (an OpenAI-compatible judge: judge.llm.base_url and judge.llm.model)")
+
+    def validate(self) -> None:
+        if self.search_k < 0:
+            raise ValueError(f"search_k must be >= 0, got {self.search_k}")
+
+    def make_protocol(self):
+        """The protocol object every stage plays: `get_protocol(protocol, limits)`."""
+        from pipeline.rollout.protocols import get_protocol
+
+        return get_protocol(self.protocol, self.limits)

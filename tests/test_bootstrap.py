@@ -1,0 +1,68 @@
+"""The labeler bootstrap shared by the bootstrap stage and train's cold start (trainer/cold_start.py): demonstrations
+with the real tools, a short supervised cold start, the written folder; and the disabled case (model_ref.json)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import build
+from trainer.cold_start import BootstrapParams, bootstrap, cold_start_policy
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from train_world import build_world
+
+    return build_world(tmp_path_factory.mktemp("bootstrap_world"))
+
+
+def _tools(world):
+    from pipeline.search import SearchTools
+
+    return lambda: SearchTools.from_params(world.search, world.root)
+
+
+def test_bootstrap_writes_a_labeler_that_speaks_the_protocol(world, tiny_text_model_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pipeline.models import model_info, resolve_model
+
+    params = build(BootstrapParams, {"items": str(world.train_file), "out_dir": str(tmp_path / "boot"),
+                                     "base_model": str(tiny_text_model_path), "search_k": 2,
+                                     "cold_start": {"steps": 2, "batch_tokens": 1024, "train_layers": 0}})
+    metrics = bootstrap(params, _tools(world), log=None)
+    out = tmp_path / "boot"
+    demos = [json.loads(line) for line in (out / "demos.jsonl").read_text().splitlines()]
+    assert metrics["n_demonstrations"] == len(demos) == sum(metrics["demonstrations"].values())
+    assert {d["condition"] for d in demos} == {"tools", "closed_book"}
+    # the tools demonstrations carry the real image-search results, through the cache the world filled
+    searched = [d for d in demos if d["kind"] in ("image", "image_miss")]
+    assert searched and all("<search><img></search>" in d["messages"][-3]["content"] for d in searched)
+    assert metrics["search"]["calls"] >= len(searched) and metrics["search"]["errors"] == 0
+    assert metrics["cold_start"]["steps"] == 2 and metrics["items"] == len(world.items)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert resolve_model(str(out / "model")) == str(out / "model") and not model_info(out / "model")["is_vlm"]
+    assert AutoTokenizer.from_pretrained(out / "model").chat_template == params.make_protocol().chat_template
+    assert not (out / "model.tmp").exists()
+
+
+def test_disabled_bootstrap_points_at_the_base_model(tiny_text_model_path, tmp_path):
+    from pipeline.models import resolve_model
+
+    params = build(BootstrapParams, {"enabled": False, "base_model": "tiny:text", "out_dir": str(tmp_path / "b")})
+    assert bootstrap(params, lambda: pytest.fail("no tools when disabled")) == {"enabled": False, "model": "tiny:text"}
+    assert sorted(p.name for p in (tmp_path / "b" / "model").iterdir()) == ["model_ref.json"]
+    assert resolve_model(str(tmp_path / "b" / "model")) == str(tiny_text_model_path)
+
+
+def test_bootstrap_refuses_the_tool_calls_protocol_and_train_cold_start_follows_train(tmp_path):
+    from pipeline.config import ParamsError
+    from trainer.config import TrainParams
+
+    with pytest.raises(ParamsError, match="mmsearch_r1 tags"):
+        build(BootstrapParams, {"protocol": "tool_calls"})
+    assert build(BootstrapParams, {"protocol": "tool_calls", "enabled": False}).protocol == "tool_calls"
+    train = build(TrainParams, {"protocol": "tool_calls", "output_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="mmsearch_r1 tags"):  # the training's rollout settings win
+        cold_start_policy(train, BootstrapParams(), lambda: pytest.fail("checked before any work"))
