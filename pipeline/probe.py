@@ -103,8 +103,8 @@ def probe_batch(engine, protocol, tools, items: list[dict], condition: str, para
     from pipeline.curate.label import RuleParams, settled
     from pipeline.rollout.loop import run_rollouts
 
-    common = dict(judge_cfg=params.judge, sampling=params.sampling, with_image=params.with_image,
-                  seed=batch_seed, model_name=model_name, search_k=params.search_k or None)
+    common = dict(judge_cfg=params.judge, format_rule=params.format_rule, sampling=params.sampling,
+                  with_image=params.with_image, seed=batch_seed, model_name=model_name, search_k=params.search_k or None)
     if not params.adaptive.enabled:
         rows = run_rollouts(engine, protocol, tools, items, condition, params.samples, **common)
         return rows, len(rows)

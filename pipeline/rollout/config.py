@@ -27,10 +27,17 @@ class RolloutParams:
                           "every stage, so train's replay_only cache finds what probe cached")
     judge: JudgeParams = param(factory=JudgeParams, help="answer judge: em with aliases (the paper's reward), "
                                "subem, f1 or llm (an OpenAI-compatible judge: judge.llm.base_url and judge.llm.model)")
+    format_rule: Literal["paper", "limits"] = param(
+        "paper", help="the one scorer's format rule (pipeline/rollout/score.py), for the probe evidence, the labels, "
+        "the GRPO reward and evaluation alike: paper = the released scorer (answer, image>answer, text>answer, "
+        "image>text>answer, each turn in its exact format); limits = any searches-then-answer sequence the limits "
+        "and the condition's tools allow")
 
     def validate(self) -> None:
         if self.search_k < 0:
             raise ValueError(f"search_k must be >= 0, got {self.search_k}")
+        if self.format_rule not in ("paper", "limits"):
+            raise ValueError(f"format_rule must be paper or limits, got {self.format_rule!r}")
 
     def make_protocol(self):
         """The protocol object every stage plays: `get_protocol(protocol, limits)`."""

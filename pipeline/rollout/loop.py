@@ -24,7 +24,6 @@ Reads and writes nothing itself (the search cache is the tools' business).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any, Callable, Mapping, Sequence
 
