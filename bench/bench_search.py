@@ -64,9 +64,9 @@ def bench_demo_text(work: Path, n_queries: int) -> dict:
     from pipeline.search.config import LocalParams
     from pipeline.search.local_text import LocalTextBackend, build_text_index
     from pipeline.gather import demo_data
-    from pipeline.gather.demo import DemoParams, passage_rows
+    from pipeline.gather.demo_corpora import passage_rows
 
-    rows = passage_rows(DemoParams())
+    rows = passage_rows()
     res = build_text_index(rows, work / "demo_text", "demo")
     backend = LocalTextBackend(work / "demo_text", LocalParams())
     rng = random.Random(0)
@@ -116,7 +116,7 @@ def bench_image(work: Path, n_total: int, n_queries: int) -> dict:
     from pipeline.search.config import LocalParams
     from pipeline.search.embed import COLOR_DIM, IMAGE_DIM, color_layout, decode_rgb, shared_image_embedder
     from pipeline.search.local_image import ImageIndex, LocalImageBackend, build_image_index, image_features
-    from pipeline.gather.demo import DemoParams, image_rows
+    from pipeline.gather.demo_corpora import image_rows
     from pipeline.gather.rephoto import rephotograph
 
     rows = image_rows(ImageParams())

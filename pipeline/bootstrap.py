@@ -1,15 +1,21 @@
-"""Bootstrap of the labeler: what the base model knows, and demonstrations built with the real search tools.
+"""Bootstrap of the labeler: demonstrations of when to search and when not to, built with the real search tools.
 
 The paper labels with a model already trained in the search environment. A small base model that does not follow
 the protocol (the packaged SmolLM2-135M-Instruct never does) is first taught it on a bootstrap split that shares no
-entity with the probed items, so it cannot memorise their answers:
+entity with the probed items, so it cannot memorise their answers.
 
-- `closed_book_known(model, items)`: which items the *base* model answers correctly without search (plain chat,
-  greedy; the base model does not know the protocol, so it is asked in its own format).
-- `build_demonstrations(items, protocol, tools, known)`: per item, a closed-book demonstration (reason + answer)
-  and a tools demonstration: answer directly where the base model knew the answer; otherwise image search (what
-  does the image show), then, when the question asks a fact about it, a text search about the recognised entity,
-  using the REAL tool results (rendered exactly as the probe renders them), and the gold answer.
+What an item needs decides what its demonstrations do (`need_of`): the demo world's answer key
+(`meta.expected_need`) when the item has one; otherwise what the base model answers without search
+(`closed_book_known`, greedy, in its own chat format) and, for the rest, image search then a text search about the
+recognised entity. `build_demonstrations(items, protocol, tools, known, conditions)` writes, per item and per probed
+condition whose tools are enough for its need, one demonstration with the REAL tool results (rendered exactly as the
+probe renders them):
+  none   answer directly (every condition: the labeler knows it, so it never searches)
+  image  image search, then answer (image_only, tools)
+  text   text search for the fact about the named entity, then answer (text_only, tools)
+  mixed  image search, then a text search about the entity the results name, then answer (tools)
+so the labeler learns the behaviour the label rule tests: answer what it knows, search for what it does not, and use
+the cheapest search that suffices. A demonstration whose search did not bring the answer is left out (counted).
 
 The supervised cold start on these demonstrations is `trainer/sft.py`; `trainer/cold_start.py` puts the two together
 for the bootstrap stage and the train stage's optional cold start. Reads the model folder and the search tools
@@ -24,16 +30,20 @@ from typing import Any, Mapping, Sequence
 from pipeline.images import image_bytes
 from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH
 
-# What a text search asks about the recognised entity, per demo-world question kind; other kinds ask the
-# question's own key words.
+# What a text search asks about the entity, per demo-world question kind; other kinds ask the question's key words.
 FACT_QUERY = {
-    "flag_capital": "capital",
-    "flag_currency": "currency",
-    "flag_region": "region",
-    "flag_population": "population",
-    "flag_neighbours": "borders",
+    "named_capital": "capital of",
+    "named_currency": "currency of",
+    "named_region": "region of",
+    "flag_capital": "capital of",
+    "flag_currency": "currency of",
+    "flag_region": "region of",
     "photo_fact": "",
 }
+# Which needs each condition's tools can meet.
+CAN_MEET = {"closed_book": ("none",), "direct": ("none",), "image_only": ("none", "image"),
+            "text_only": ("none", "text"), "tools": ("none", "image", "text", "mixed"),
+            "on_demand": ("none", "image", "text", "mixed")}
 STOPWORDS = set("a an the of is are was were what which who whom whose how many much in on at to for with this "
                 "that these those shown image picture photo does do did country flag it its and or".split())
 
@@ -80,10 +90,23 @@ def _mentions(text: str, names: Sequence[str]) -> bool:
 
 def _fact_query(item: Mapping[str, Any], entity: str) -> str:
     topic = FACT_QUERY.get(item.get("category", ""))
-    if topic is None or topic == "":
+    if not topic:
         words = [w for w in re.findall(r"[A-Za-z0-9']+", item["question"]) if w.lower() not in STOPWORDS]
-        topic = " ".join(words[:4])
-    return f"{entity} {topic}".strip()
+        return f"{entity} {' '.join(words[:4])}".strip()
+    return f"{topic} {entity}".strip()
+
+
+def need_of(item: Mapping[str, Any], known: Mapping[str, bool]) -> str:
+    """none | image | text | mixed | visual: the item's answer key, else none when the base model knew it, image for
+    an identity question (the answer is the entity) and mixed for a fact about what the image shows."""
+    meta = _meta(item)
+    if isinstance(meta.get("expected_need"), str) and meta["expected_need"]:
+        return meta["expected_need"]
+    if known.get(item["id"]):
+        return "none"
+    if image_bytes(item.get("image")) is None:
+        return "text"
+    return "image" if _mentions(str(item.get("entity") or ""), [item["answer"]]) else "mixed"
 
 
 def _result_text(result: Any) -> str:
@@ -94,85 +117,80 @@ def _result_text(result: Any) -> str:
 
 def build_demonstrations(items: Sequence[Mapping[str, Any]], protocol: Any, tools: Any, known: Mapping[str, bool],
                          with_image: bool, see_image_results: bool | None = None,
-                         conditions: Sequence[str] = ("tools", "closed_book"),
+                         conditions: Sequence[str] = ("closed_book", "image_only", "text_only", "tools"),
                          search_k: int | None = None) -> tuple[list[dict], dict]:
-    """Demonstrations (dicts: item_id, condition, kind, messages) and counts by kind.
-
-    The tag protocol's text is written here (mmsearch_r1); the tool results are the real ones, rendered by the
-    protocol (`tool_result_message`), so training text equals what the probe will show the model."""
+    """Demonstrations (dicts: item_id, condition, kind, messages) and counts by `<condition>/<need>` (plus
+    `skipped/<why>`); see the module docstring. The tag protocol's text is written here (mmsearch_r1)."""
     if protocol.name != "mmsearch_r1":
         raise ValueError("demonstrations are written in the mmsearch_r1 tag format; use protocol mmsearch_r1")
     see_image_results = with_image if see_image_results is None else see_image_results
-    lim = protocol.limits
     demos: list[dict] = []
     counts: dict[str, int] = {}
 
-    def add(item, condition, kind, messages):
-        demos.append({"item_id": item["id"], "condition": condition, "kind": kind, "messages": messages})
-        counts[kind] = counts.get(kind, 0) + 1
+    def count(key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
 
     def turn(reason: str, action: str) -> dict:
         return {"role": "assistant", "content": f"<reason>{reason}</reason>{action}"}
 
-    # Image search for every item first, all at once through the cache.
-    need_img = [it for it in items if "tools" in conditions and not known.get(it["id"])
+    # a visual item is answered from the pixels by a labeler that sees them; a text-only one cannot answer it
+    needs = {it["id"]: ("none" if with_image else "visual") if need_of(it, known) == "visual" else need_of(it, known)
+             for it in items}
+    plans = [(it, c) for it in items for c in conditions if needs[it["id"]] in CAN_MEET.get(c, ())]
+    # the searches, all at once through the cache: the item image, then the fact about the named or found entity
+    want_img = [it for it in items if any(x is it for x, c in plans if needs[it["id"]] in ("image", "mixed"))
                 and image_bytes(it.get("image")) is not None]
-    img_results = dict(zip([it["id"] for it in need_img], tools.run_many(
-        [(IMAGE_SEARCH, image_bytes(it["image"]), _meta(it)) for it in need_img], k=search_k))) if need_img else {}
-    text_calls: list[tuple[Mapping, str, str]] = []
-    for it in need_img:
-        res = img_results[it["id"]]
-        entity = it.get("entity") or ""
-        titles = [h.title for h in getattr(res, "hits", [])]
-        hit = next((t for t in titles if _mentions(t, [entity, it["answer"]])), "")
-        if hit and it.get("category") != "flag_country" and lim.max_turns >= 3 and lim.max_text_search >= 1:
-            text_calls.append((it, entity, _fact_query(it, entity)))
-    txt_results = dict(zip([c[0]["id"] for c in text_calls], tools.run_many(
-        [(TEXT_SEARCH, q) for _, _, q in text_calls], k=search_k))) if text_calls else {}
-    queries = {c[0]["id"]: (c[1], c[2]) for c in text_calls}
-
+    img = dict(zip([it["id"] for it in want_img], tools.run_many(
+        [(IMAGE_SEARCH, image_bytes(it["image"]), _meta(it)) for it in want_img], k=search_k))) if want_img else {}
+    entity_of = {}
     for it in items:
-        gold = it["answer"]
-        if "closed_book" in conditions:
-            msgs = protocol.initial_messages(it, "closed_book", with_image=with_image)
-            why = ("I answer from what I know." if with_image else
-                   "I cannot see the image, so I answer from what I know.")
-            add(it, "closed_book", "closed_book", msgs + [turn(why, f"<answer>{gold}</answer>")])
-        if "tools" not in conditions:
-            continue
-        msgs = protocol.initial_messages(it, "tools", with_image=with_image)
-        if known.get(it["id"]):
-            add(it, "tools", "direct", msgs + [turn("I know this without searching.", f"<answer>{gold}</answer>")])
-            continue
-        if it["id"] not in img_results:
-            continue
-        why = ("I do not recognise what the image shows, so I search with the image." if with_image else
-               "I cannot see the image, so I search with it to find out what it shows.")
-        msgs = msgs + [turn(why, "<search><img></search>")]
-        res = img_results[it["id"]]
-        last = 2 >= lim.max_turns
-        msgs.append(protocol.tool_result_message(res, it["question"], 1, last, with_images=see_image_results,
-                                                 condition="tools"))
-        entity = it.get("entity") or ""
-        if it["id"] in txt_results:
-            name, query = queries[it["id"]]
-            msgs.append(turn(f"The image shows {name}. I search for the fact.", f"<text_search>{query}</text_search>"))
-            tres = txt_results[it["id"]]
-            msgs.append(protocol.tool_result_message(tres, it["question"], 2, True, with_images=see_image_results,
-                                                     condition="tools"))
-            if _mentions(_result_text(tres), [gold, *(it.get("aliases") or [])]):
-                add(it, "tools", "image_text", msgs + [turn("The results give the answer.", f"<answer>{gold}</answer>")])
-            else:
-                add(it, "tools", "image_text_miss", msgs + [turn("The results do not say; my best guess.",
-                                                                  f"<answer>{gold}</answer>")])
-            continue
-        titles = " ".join(h.title for h in getattr(res, "hits", []))
-        if _mentions(titles, [entity, gold]):
-            add(it, "tools", "image", msgs + [turn("The results show the answer.", f"<answer>{gold}</answer>")])
-        else:
-            add(it, "tools", "image_miss", msgs + [turn("The results do not show it; my best guess.",
-                                                         f"<answer>{gold}</answer>")])
+        entity = str(it.get("entity") or "")
+        if needs[it["id"]] == "text" or (it["id"] in img and _mentions(_titles(img[it["id"]]), [entity])):
+            entity_of[it["id"]] = entity
+    want_txt = [it for it in items if needs[it["id"]] in ("text", "mixed") and it["id"] in entity_of]
+    txt = dict(zip([it["id"] for it in want_txt], tools.run_many(
+        [(TEXT_SEARCH, _fact_query(it, entity_of[it["id"]]), _meta(it)) for it in want_txt], k=search_k))) \
+        if want_txt else {}
+
+    for it, condition in plans:
+        need, gold, iid = needs[it["id"]], it["answer"], it["id"]
+        golds = [gold, *(it.get("aliases") or [])]
+        msgs = protocol.initial_messages(it, condition, with_image=with_image)
+        n_turn = 1
+        if need in ("image", "mixed"):
+            if iid not in img or iid not in entity_of:  # the image search did not name the entity
+                count("skipped/image_search_missed")
+                continue
+            why = "I cannot tell what the image shows, so I search with it." if with_image else \
+                "I cannot see the image, so I search with it."
+            msgs = msgs + [turn(why, "<search><img></search>")]
+            msgs.append(protocol.tool_result_message(img[iid], it["question"], n_turn,
+                                                     n_turn + 1 >= protocol.limits.max_turns,
+                                                     with_images=see_image_results, condition=condition))
+            n_turn += 1
+        if need in ("text", "mixed"):
+            if iid not in txt or not _mentions(_result_text(txt[iid]), golds):
+                count("skipped/text_search_missed")
+                continue
+            entity = entity_of[iid]
+            why = f"The image shows {entity}. I look up the fact." if need == "mixed" else \
+                f"I do not know this about {entity}, so I look it up."
+            msgs.append(turn(why, f"<text_search>{_fact_query(it, entity)}</text_search>"))
+            msgs.append(protocol.tool_result_message(txt[iid], it["question"], n_turn,
+                                                     n_turn + 1 >= protocol.limits.max_turns,
+                                                     with_images=see_image_results, condition=condition))
+        why = {"none": "I know this.", "image": f"The image shows {entity_of.get(iid, '')}. I know the answer.",
+               "text": "The results give the answer.", "mixed": "The results give the answer."}[need]
+        if need == "image" and it.get("category") == "flag_country":
+            why = "The results show it."
+        demos.append({"item_id": iid, "condition": condition, "kind": need,
+                      "messages": msgs + [turn(why, f"<answer>{gold}</answer>")]})
+        count(f"{condition}/{need}")
     return demos, counts
+
+
+def _titles(result: Any) -> str:
+    return " ".join(h.title for h in getattr(result, "hits", []) or [])
 
 
 def _meta(item: Mapping[str, Any]) -> dict:

@@ -175,6 +175,7 @@ LABELS = (
     "text_search_required",
     "mixed_search_required",
     "unanswerable",
+    "uncertain",  # the evidence did not settle it (pipeline/curate/label.py); excluded like unanswerable
 )
 SEARCH_REQUIRED = LABELS[1:4]
 LABEL_FEATURES = datasets.Features(
@@ -186,8 +187,11 @@ LABEL_FEATURES = datasets.Features(
         "pass_rate_tools": datasets.Value("float32"),
         "pass_rate_image_only": datasets.Value("float32"),
         "pass_rate_text_only": datasets.Value("float32"),
+        **{f"ci_{side}_{c}": datasets.Value("float32")  # Beta credible interval of each pass rate (NaN: not probed)
+           for side in ("low", "high") for c in ("closed_book", "tools", "image_only", "text_only")},
         "n_rollouts": datasets.Value("int32"),
-        "confidence": datasets.Value("float32"),  # in [0, 1]
+        "settled_by": datasets.Value("string"),  # the condition whose evidence decided the label
+        "confidence": datasets.Value("float32"),  # in [0, 1]: posterior probability of the steps that gave it
         "reason": datasets.Value("string"),  # one line: why this label
     }
 )

@@ -1,12 +1,16 @@
-"""The label rule (pipeline/curate/label.py) on hand-made evidence, edge cases included, and the label stage's outputs."""
+"""The label rule (pipeline/curate/label.py) on hand-made evidence: the cascade, the Beta posterior that settles each
+condition, uncertain and unanswerable items; the answer-key report; and the label stage's outputs."""
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
 import pytest
 
-from pipeline.curate.label import RULE_VERSION, RuleParams, label_item, label_items, settled
+from pipeline.curate.answer_key import compare, expected_label
+from pipeline.curate.label import (FAIL, OPEN, PASS, RULE_VERSION, RuleParams, decide, label_item, label_items,
+                                   p_pass, settle)
 
 
 def R(cond, correct, img=0, txt=0, error="", item="a"):
@@ -14,70 +18,98 @@ def R(cond, correct, img=0, txt=0, error="", item="a"):
             "error": error}
 
 
-def test_closed_book_correct_is_search_free_even_when_tools_fail():
-    lab = label_item("a", [R("closed_book", True), R("closed_book", False), R("tools", False, img=1)])
-    assert lab["label"] == "search_free" and lab["rule_version"] == RULE_VERSION
-    assert lab["pass_rate_closed_book"] == 0.5 and lab["pass_rate_tools"] == 0.0
-    assert math.isnan(lab["pass_rate_image_only"]) and lab["n_rollouts"] == 3
+def many(cond, n_right, n_wrong, **kw):
+    return [R(cond, True, **kw)] * n_right + [R(cond, False, **kw)] * n_wrong
 
 
-def test_tools_rollout_that_chose_not_to_search_counts_as_search_free():
-    lab = label_item("a", [R("closed_book", False), R("tools", True), R("tools", True, img=1)])
-    assert lab["label"] == "search_free"
+def test_posterior_and_decisions():
+    # Beta(s+1, f+1): 2/2 right -> P(p >= 0.5) = 1 - 0.5^3
+    assert p_pass(2, 2, 0.5) == pytest.approx(0.875)
+    assert p_pass(0, 2, 0.5) == pytest.approx(0.125)
+    assert p_pass(1, 2, 0.5) == pytest.approx(0.5)
+    rule = RuleParams()
+    assert decide(2, 2, rule)[0] == PASS and decide(0, 2, rule)[0] == FAIL and decide(1, 2, rule)[0] == OPEN
+    assert decide(2, 2, RuleParams(confidence=0.9))[0] == OPEN  # a stricter bound needs more samples
+    assert decide(3, 3, RuleParams(confidence=0.9))[0] == PASS
+    assert decide(5, 8, rule)[0] == OPEN and decide(7, 8, rule)[0] == PASS
 
 
-@pytest.mark.parametrize("rollouts, expected", [
-    ([R("tools", True, img=1), R("tools", True, img=1), R("tools", True, txt=1)], "image_search_required"),
-    ([R("tools", True, txt=2), R("tools", False, img=1)], "text_search_required"),
-    ([R("tools", True, img=1, txt=1), R("tools", False)], "mixed_search_required"),
-    # a tie goes to the cheaper kind
-    ([R("tools", True, img=1), R("tools", True, txt=1)], "image_search_required"),
-    ([R("tools", True, txt=1), R("tools", True, img=1, txt=1)], "text_search_required"),
-    # image_only / text_only evidence counts like tools evidence
-    ([R("closed_book", False), R("text_only", True, txt=1)], "text_search_required"),
+def test_cascade_gives_the_cheapest_sufficient_condition():
+    free = label_item("a", many("closed_book", 2, 0) + many("tools", 0, 2, img=1))
+    assert free["label"] == "search_free" and free["settled_by"] == "closed_book"
+    assert free["rule_version"] == RULE_VERSION and free["pass_rate_closed_book"] == 1.0
+    assert math.isnan(free["pass_rate_image_only"]) and math.isnan(free["ci_low_image_only"])
+    assert 0 < free["ci_low_closed_book"] < free["ci_high_closed_book"] <= 1
+    img = label_item("a", many("closed_book", 0, 2) + many("image_only", 2, 0, img=1))
+    assert img["label"] == "image_search_required" and img["confidence"] == pytest.approx(0.875 * 0.875)
+    txt = label_item("a", many("closed_book", 0, 2) + many("image_only", 0, 2, img=1) + many("text_only", 3, 1, txt=1))
+    assert txt["label"] == "text_search_required" and txt["settled_by"] == "text_only"
+    mixed = label_item("a", many("closed_book", 0, 2) + many("image_only", 0, 2, img=1) + many("text_only", 0, 2, txt=1)
+                       + many("tools", 2, 0, img=1, txt=1))
+    assert mixed["label"] == "mixed_search_required" and "tools 2/2 pass" in mixed["reason"]
+
+
+@pytest.mark.parametrize("tools, expected", [
+    (many("tools", 2, 0, img=1) + many("tools", 1, 0, txt=1), "image_search_required"),
+    (many("tools", 3, 0, txt=2) + many("tools", 0, 1, img=1), "text_search_required"),
+    (many("tools", 3, 0, img=1, txt=1), "mixed_search_required"),
+    (many("tools", 1, 0, img=1) + many("tools", 1, 0, txt=1) + [R("tools", True, img=1, txt=1)], "image_search_required"),
 ])
-def test_search_required_kind_by_votes_of_correct_searched_rollouts(rollouts, expected):
-    lab = label_item("a", [R("closed_book", False), R("closed_book", False)] + rollouts)
-    assert lab["label"] == expected
-    assert 0.0 < lab["confidence"] <= 1.0
+def test_tools_alone_votes_for_the_kind(tools, expected):
+    """Without image_only / text_only evidence (the classic closed_book + tools design), the correct tools rollouts
+    vote; a tie goes to the cheaper kind."""
+    assert label_item("a", many("closed_book", 0, 2) + tools)["label"] == expected
 
 
-def test_unanswerable_and_engine_errors():
-    lab = label_item("a", [R("closed_book", False), R("tools", False, img=1), R("tools", False)])
-    assert lab["label"] == "unanswerable" and lab["confidence"] == pytest.approx(3 / 4)
-    # an engine failure is not evidence; a tool failure is (the model had to cope)
+def test_uncertain_unanswerable_and_engine_errors():
+    unsure = label_item("a", many("closed_book", 0, 2) + many("image_only", 1, 1, img=1))
+    assert unsure["label"] == "uncertain" and unsure["settled_by"] == "image_only"
+    none = label_item("a", many("closed_book", 0, 2) + many("tools", 0, 2, img=1))
+    assert none["label"] == "unanswerable" and none["settled_by"] == "" and none["confidence"] == pytest.approx(0.875 ** 2)
     only_err = label_item("a", [R("closed_book", True, error="engine: out of memory")])
-    assert only_err["label"] == "unanswerable" and only_err["n_rollouts"] == 0
-    assert label_item("a", [])["reason"] == "no usable rollout"
-    tool_err = label_item("a", [R("tools", True, img=1, error="image_search: timeout")])
+    assert only_err["label"] == "unanswerable" and only_err["n_rollouts"] == 0 and only_err["reason"] == "no usable rollout"
+    # a tool failure is evidence (the model had to cope)
+    tool_err = label_item("a", many("closed_book", 0, 2) + many("image_only", 2, 0, img=1, error="image_search: timeout"))
     assert tool_err["label"] == "image_search_required"
 
 
 def test_thresholds_change_the_label():
-    ev = [R("closed_book", True), R("closed_book", False), R("closed_book", False), R("closed_book", False),
-          R("tools", True, img=1), R("tools", True, img=1)]
-    assert label_item("a", ev)["label"] == "search_free"
-    strict = RuleParams(search_free_min_correct=2)
-    assert label_item("a", ev, strict)["label"] == "image_search_required"
-    assert label_item("a", ev, RuleParams(search_free_min_pass_rate=0.5))["label"] == "image_search_required"
-    assert label_item("a", ev, RuleParams(search_free_min_correct=2, search_min_correct=3))["label"] == "unanswerable"
+    ev = many("closed_book", 2, 6) + many("image_only", 4, 0, img=1)
+    assert label_item("a", ev)["label"] == "image_search_required"            # 2/8 fails at threshold 0.5
+    assert label_item("a", ev, RuleParams(threshold=0.15))["label"] == "search_free"
     with pytest.raises(ValueError):
-        RuleParams(search_free_min_correct=0).validate()
+        RuleParams(confidence=0.4).validate()
 
 
-def test_settled_for_adaptive_sampling():
-    assert not settled("closed_book", [R("closed_book", False)])
-    assert settled("closed_book", [R("closed_book", False), R("closed_book", True)])
-    assert not settled("tools", [R("tools", True, img=1)])  # search-required kinds need every vote
-    assert settled("tools", [R("tools", True)])
-    assert not settled("closed_book", [R("closed_book", True)], RuleParams(search_free_min_pass_rate=0.5))
+def test_settle_for_adaptive_sampling():
+    assert settle("closed_book", [R("closed_book", False)]) == OPEN            # one sample settles nothing at 0.8
+    assert settle("closed_book", many("closed_book", 0, 2)) == FAIL
+    assert settle("closed_book", many("closed_book", 2, 0)) == PASS
+    assert settle("tools", many("closed_book", 2, 0)) == OPEN                  # no evidence of that condition
 
 
 def test_label_items_keeps_order_and_groups():
-    ev = [R("tools", True, img=1, item="b"), R("closed_book", True, item="a")]
+    ev = many("image_only", 2, 0, img=1, item="b") + many("closed_book", 2, 0, item="a")
     labs = label_items(ev, ["a", "b", "c"])
-    assert [l["id"] for l in labs] == ["a", "b", "c"]
-    assert [l["label"] for l in labs] == ["search_free", "image_search_required", "unanswerable"]
+    assert [lab["id"] for lab in labs] == ["a", "b", "c"]
+    assert [lab["label"] for lab in labs] == ["search_free", "image_search_required", "unanswerable"]
+
+
+def test_answer_key_report():
+    items = [{"id": i, "meta": json.dumps({"expected_need": need})} for i, need in
+             [("a", "none"), ("b", "image"), ("c", "text"), ("d", "mixed"), ("e", "visual"), ("f", "text")]]
+    items.append({"id": "g", "meta": "{}"})  # no key: left out
+    labels = {"a": "search_free", "b": "image_search_required", "c": "mixed_search_required",
+              "d": "mixed_search_required", "e": "unanswerable", "f": "uncertain", "g": "search_free"}
+    m, rows = compare(items, labels, {})
+    assert m["items"] == 6 and m["labelled"] == 5 and m["uncertain"] == 1
+    assert m["correct"] == 4 and m["accuracy"] == pytest.approx(0.8)
+    assert m["confusion"]["text_search_required"] == {"mixed_search_required": 1, "uncertain": 1}
+    assert m["recall"]["text_search_required"] == 0.0 and m["recall"]["search_free"] == 1.0
+    assert {r["id"] for r in rows} == set("abcdef")
+    assert expected_label("visual", saw_image=True) == "search_free"
+    with pytest.raises(ValueError, match="unknown expected_need"):
+        expected_label("telepathy", False)
 
 
 def test_label_stage_counts_in_equal_out_plus_excluded(tmp_path):
@@ -88,28 +120,37 @@ def test_label_stage_counts_in_equal_out_plus_excluded(tmp_path):
     from pipeline.schema import LABEL_FEATURES, ROLLOUT_FEATURES, write_items, write_table
     from stages.label import Params, run
 
+    keys = {"a": "none", "b": "image", "c": "text", "d": "mixed", "e": "none"}
     items = [{"id": i, "image": None, "image_sha1": "", "question": "q?", "answer": "x", "aliases": [],
-              "source": "demo", "category": "c", "license": "MIT", "entity": "", "meta": "{}"} for i in "abcd"]
+              "source": "demo", "category": "c", "license": "MIT", "entity": "",
+              "meta": json.dumps({"expected_need": keys[i]})} for i in "abcde"]
     write_items(items, tmp_path / "items.parquet")
     base = {k: None for k in ROLLOUT_FEATURES}
-    ev = [R("closed_book", True, item="a"), R("closed_book", False, item="b"), R("closed_book", False, item="c"),
-          R("tools", True, img=1, item="b"), R("tools", False, txt=1, item="c")]
-    for cond in ("closed_book", "tools"):
+    ev = (many("closed_book", 2, 0, item="a") + many("closed_book", 0, 2, item="b") + many("closed_book", 0, 2, item="c")
+          + many("closed_book", 1, 1, item="d") + many("image_only", 2, 0, img=1, item="b")
+          + many("image_only", 0, 2, img=1, item="c"))
+    for cond in ("closed_book", "image_only"):
         rows = [{**base, "rollout_id": f"{r['item_id']}/{cond}/{i}", "sample": i, "model": "m", "protocol": "p",
                  "saw_image": False, "messages": "[]", "actions": ["answer"], "tool_calls": "[]", "final_answer": "",
                  "judge": "em", "valid_format": True, "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.0,
-                 **r} for i, r in enumerate(x for x in ev if x["condition"] == cond)]
+                 "search_count": 0, **r} for i, r in enumerate(x for x in ev if x["condition"] == cond)]
         write_table(datasets.Dataset.from_list(rows, features=ROLLOUT_FEATURES).data.table,
                     tmp_path / "probe" / cond / "evidence.parquet")
     params = Params(items=str(tmp_path / "items.parquet"), probe_dir=str(tmp_path / "probe"),
                     out_dir=str(tmp_path / "label"))
-    assert run(params, SimpleNamespace()) == 0
+    assert run(params, SimpleNamespace()) == 0  # text_only and tools have no evidence: skipped
     labels = datasets.Dataset(pq.read_table(tmp_path / "label" / "labels.parquet"))
     assert labels.features["label"] == LABEL_FEATURES["label"]
     assert dict(zip(labels["id"], labels.features["label"].int2str(labels["label"]))) == {
         "a": "search_free", "b": "image_search_required"}
     excl = pq.read_table(tmp_path / "label" / "exclusions.parquet").to_pylist()
-    assert {(e["id"], e["reason"]) for e in excl} == {("c", "unanswerable"), ("d", "not_probed")}
+    assert {(e["id"], e["reason"]) for e in excl} == {("c", "unanswerable"), ("d", "uncertain"), ("e", "not_probed")}
     m = read_json(tmp_path / "label" / "metrics.json")
-    assert m["items_in"] == 4 == m["labelled"] + m["excluded"] and m["counts"]["unanswerable"] == 1
-    assert m["shares"]["search_free"] == pytest.approx(1 / 3, abs=1e-3)
+    assert m["items_in"] == 5 == m["labelled"] + m["excluded"] and m["counts_add_up"]
+    assert m["counts"]["unanswerable"] == 1 and m["counts"]["uncertain"] == 1
+    assert m["conditions_read"] == ["closed_book", "image_only"]
+    key = m["answer_key"]
+    assert key["items"] == 4 and key["labelled"] == 3 and key["correct"] == 2 and key["uncertain"] == 1
+    confusion = read_json(tmp_path / "label" / "key_confusion.json")
+    assert {r["id"]: (r["expected"], r["label"]) for r in confusion}["c"] == ("text_search_required", "unanswerable")
+    assert (tmp_path / "label" / "plots" / "key_confusion.png").stat().st_size > 1000

@@ -38,7 +38,7 @@ def warm_text(world, tiny_text_model_path, tmp_path_factory):
     proto = get_protocol("mmsearch_r1")
     tools = SearchTools.from_params(world.search, world.root)
     demos, counts = build_demonstrations(world.items, proto, tools, {}, with_image=False)
-    assert counts == {"closed_book": 8, "image": 8}  # every flag found by the real image search
+    assert counts == {"image_only/image": 8, "tools/image": 8}  # every flag found by the real image search
     out = tmp_path_factory.mktemp("warm_text")
     stats = cold_start(tiny_text_model_path, demos, out, protocol=proto, log=None,
                        params=ColdStartParams(steps=60, lr=3e-3, train_layers=0, batch_tokens=2048))
@@ -225,13 +225,14 @@ def _probe_env(world, warm_text, name: str, batch_items: int = 2) -> tuple[Path,
         "search": to_dict(world.search),
         "probe": {"items": str(items_file), "out_dir": str(world.root / name / "probe"),
                   "parts_dir": str(world.root / name / "parts"), "model": warm_text, "samples": 2,
+                  "conditions": ["tools"], "adaptive": {"enabled": False},
                   "batch_items": batch_items, "engine": {"kind": "transformers", "max_batch": 8},
                   "sampling": {"max_tokens": 48, "temperature": 0.5}},
     }
     pfile = world.root / f"{name}.yaml"
     pfile.write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1"}
-    cmd = [sys.executable, "-m", "stages", "probe", "--params", str(pfile), "--condition", "tools"]
+    cmd = [sys.executable, "-m", "stages", "probe", "--params", str(pfile)]
     return world.root / name, cmd, env
 
 
@@ -250,18 +251,18 @@ def test_probe_kill_and_resume_gives_the_same_evidence(world, warm_text):
     out_kill, cmd_kill, env = _probe_env(world, warm_text, "killed")
     proc = subprocess.Popen(cmd_kill, cwd=world.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((out_kill / "parts").glob("*/*/batch-00001.parquet")):
+    while time.time() < deadline and not list((out_kill / "parts").glob("*/batch-00001.parquet")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in (out_kill / "parts").glob("*/*/batch-*.parquet"))
+    done = sorted(p.name for p in (out_kill / "parts").glob("*/batch-*.parquet"))
     assert 2 <= len(done) < 4, done  # killed in the middle: some batches finished, not all
     assert not (out_kill / "probe" / "tools" / "evidence.parquet").exists()
     res = subprocess.run(cmd_kill, cwd=world.root, env=env, check=True, capture_output=True, text=True)
     assert f"{len(done)} batches already done" in res.stdout
     assert _evidence(out_kill) == full
-    metrics = json.loads((out_kill / "probe" / "tools" / "metrics.json").read_text())
-    assert metrics["rollouts"] == 16 and metrics["items"] == 8
+    metrics = json.loads((out_kill / "probe" / "metrics.json").read_text())
+    assert metrics["rollouts"] == 16 and metrics["items"] == 8 and metrics["per_condition"]["tools"]["rollouts"] == 16
 
 
 def test_probe_shards_give_the_same_evidence(world, warm_text):
@@ -272,3 +273,46 @@ def test_probe_shards_give_the_same_evidence(world, warm_text):
     out_full = world.root / "full" / "probe" / "tools" / "evidence.parquet"
     if out_full.exists():  # written by the kill-and-resume test earlier in the same pytest run
         assert _evidence(out_a) == _evidence(world.root / "full")
+
+
+def test_cascade_and_adaptive_rounds_follow_the_label_rule(world, warm_text, tmp_path):
+    """Conditions run cheapest first; an item reaches a condition only when the rule settled every earlier one as
+    fail, and a condition gets more rounds only while the item's verdict is open (up to K)."""
+    from collections import defaultdict
+
+    from pipeline.config import build
+    from pipeline.curate.label import CASCADE, FAIL, OPEN, settle
+    from pipeline.probe import ProbeParams, probe
+    from pipeline.schema import write_items
+    from pipeline.search import SearchTools
+
+    items_file = tmp_path / "items.parquet"
+    write_items(world.items, items_file)
+    params = build(ProbeParams, {"items": str(items_file), "parts_dir": str(tmp_path / "parts"), "model": warm_text,
+                                 "samples": 6, "batch_items": 8, "engine": {"kind": "transformers", "max_batch": 16},
+                                 "sampling": {"max_tokens": 48, "temperature": 1.0},
+                                 "adaptive": {"first_round": 2, "round_size": 2}})
+    result = probe(params, lambda: SearchTools.from_params(world.search, world.root), log=lambda _: None)
+    rows = defaultdict(lambda: defaultdict(list))
+    for cond, table in result.evidence.items():
+        for r in table.to_pylist():
+            rows[r["item_id"]][cond].append(r)
+    reached = defaultdict(int)
+    for item_id, by_cond in rows.items():
+        previous_failed = True
+        for cond in CASCADE:
+            got = by_cond.get(cond, [])
+            assert bool(got) == previous_failed, (item_id, cond)
+            if not got:
+                break
+            reached[cond] += 1
+            assert [r["sample"] for r in got] == list(range(len(got)))
+            assert len(got) in (2, 4, 6)
+            # every round but the last left the verdict open; the last settled it or used up K
+            for n in range(2, len(got), 2):
+                assert settle(cond, got[:n], params) == OPEN
+            assert len(got) == 6 or settle(cond, got, params) != OPEN
+            previous_failed = settle(cond, got, params) == FAIL
+    assert reached["closed_book"] == len(world.items) and reached["image_only"] > 0
+    m = result.metrics
+    assert m["rollouts"] == sum(len(v) for by in rows.values() for v in by.values()) < m["rollouts_full_design"]

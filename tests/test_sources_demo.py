@@ -1,5 +1,6 @@
-"""The demo world: deterministic, bootstrap entities isolated, query images differ from corpus images yet look alike,
-corpora let a "capital of X" query reach the right article, licences on every item."""
+"""The demo world: deterministic, an answer key on every item that follows the measured knowledge, bootstrap entities
+isolated, query images differ from corpus images yet look alike, corpora let a "capital of X" query reach the right
+article, licences on every item."""
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,8 @@ from PIL import Image
 from pipeline.images import ImageParams
 from pipeline.schema import read_items, validate_item
 from pipeline.gather import demo_data
-from pipeline.gather.demo import COUNTRY_KINDS, DemoParams, build_demo_world, country_fact, read_demo
+from pipeline.gather.demo import (COUNTRY_KINDS, KINDS, DemoParams, build_demo_world, country_fact, knows,
+                                  load_knowledge, read_demo)
 
 SMALL = DemoParams(seed=7).small()
 FILES = ("gather/demo/items.parquet", "gather/demo/bootstrap.parquet", "gather/demo/quarantine.parquet",
@@ -35,15 +37,46 @@ def test_counts_kinds_and_schema(world):
     boot = read_items(world / "gather/demo/bootstrap.parquet")
     assert metrics["quarantined"] == 0 and metrics["counts_add_up"]
     assert metrics["items_out"] == len(items) and metrics["bootstrap_out"] == len(boot)
-    kinds = collections.Counter(items["category"])
-    assert kinds == {"flag_country": 6, "flag_capital": 4, "flag_currency": 3, "flag_region": 3, "flag_population": 3,
-                     "flag_neighbours": 3, "famous_capital": 3, "visual": 5, "photo_fact": 3}
+    got = collections.Counter((c, json.loads(m)["expected_need"]) for c, m in zip(items["category"], items["meta"]))
+    want = {k: v for k, v in SMALL.counts().items() if v}
+    assert {k: got[k] for k in want} == want
+    assert got[("visual", "visual")] == SMALL.visual and sum(v for (c, _), v in got.items() if c == "photo_fact") == 2
+    assert sum(got.values()) == sum(want.values()) + SMALL.visual + 2
     for row in pq.read_table(world / "gather/demo/items.parquet").to_pylist():
         validate_item(row)
         assert row["license"] and row["image_sha1"] and row["source"] == "demo"
     assert len(set(items["id"])) == len(items)
-    # 3 bootstrap countries x every country kind they have facts for, + 4 visual
-    assert 3 * 4 + 4 <= len(boot) <= 3 * len(COUNTRY_KINDS) + 4
+    # 4 bootstrap countries x every country kind they have an item for (at least the two identity kinds), + 2 visual
+    assert 4 * 2 + 2 <= len(boot) <= 4 * len(COUNTRY_KINDS) + 2
+    boot_needs = collections.Counter(json.loads(m)["expected_need"] for m in boot["meta"])
+    assert boot_needs["none"] and boot_needs["text"] and boot_needs["image"] and boot_needs["mixed"]
+
+
+def test_answer_key_follows_the_measured_knowledge(world):
+    """none: the labeler knows the fact of the named country; text: it does not; image: the question asks the flag's
+    country or a fact it knows about it; mixed: a fact it does not know about the flag's country."""
+    knowledge = load_knowledge()
+    rows = pq.read_table(world / "gather/demo/items.parquet").to_pylist()
+    seen = set()
+    for r in rows:
+        meta = json.loads(r["meta"])
+        need, kind = meta["expected_need"], r["category"]
+        if kind not in KINDS:
+            continue
+        fact = KINDS[kind][1]
+        seen.add(need)
+        if need in ("none", "text"):
+            assert r["entity"] in r["question"], r
+        if need == "none":
+            assert knows(knowledge, fact, r["entity"]) is True, r
+        elif need == "text":
+            assert knows(knowledge, fact, r["entity"]) is False, r
+        elif need == "image":
+            assert r["entity"] not in r["question"] and knows(knowledge, fact, r["entity"]) is True, r
+        else:
+            assert need == "mixed" and r["entity"] not in r["question"], r
+            assert knows(knowledge, fact, r["entity"]) is False, r
+    assert seen == {"none", "image", "text", "mixed"}
 
 
 def test_deterministic_and_independent_of_scheduler(world, tmp_path):
@@ -82,7 +115,7 @@ def test_query_images_differ_from_corpus_but_look_alike(world):
     matrix = np.stack([flags[n] for n in names])
     rows = [r for r in pq.read_table(world / "gather/demo/items.parquet").to_pylist()
             + pq.read_table(world / "gather/demo/bootstrap.parquet").to_pylist()
-            if r["category"].startswith("flag_") or r["category"] == "famous_capital"]
+            if r["category"] in KINDS]
     assert len(rows) > 20
     hits = 0
     for r in rows:
@@ -102,7 +135,7 @@ def test_corpora_content(world):
     passages = pq.read_table(world / "corpora/passages.parquet").to_pylist()
     images = pq.read_table(world / "corpora/images.parquet").to_pylist()
     assert len({p["passage_id"] for p in passages}) == len(passages)
-    items = read_items(world / "gather/demo/items.parquet").filter(lambda c: c == "flag_capital", input_columns="category")
+    items = read_items(world / "gather/demo/items.parquet").filter(lambda c: c.endswith("_capital"), input_columns="category")
     facts = {p["title"]: p for p in passages if p["passage_id"].startswith("facts-")}
     for row in items:
         p = facts[row["entity"]]
@@ -125,7 +158,7 @@ def test_facts_and_aliases():
     assert a == "United States" and {"USA", "United States of America"} <= set(aliases)
     assert country_fact("flag_capital", by_name["France"])[1] == "Paris"
     assert country_fact("flag_currency", by_name["Japan"])[1:] == ("JPY", ["Japanese yen"])
-    assert country_fact("flag_neighbours", by_name["France"])[1:] == ("8", ["eight"])
-    assert country_fact("flag_population", by_name["India"])[1] == "over 100 million"
+    assert country_fact("named_capital", by_name["Peru"])[0] == "What is the capital city of Peru?"
+    assert country_fact("named_region", by_name["India"])[1] == "Asia"
     assert country_fact("flag_capital", by_name["Vatican City"]) is None  # no capital in the packaged data
     assert len(by_name) >= 190

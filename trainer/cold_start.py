@@ -3,10 +3,13 @@
 Used by the bootstrap stage and by the train stage's optional cold start (`train.cold_start`), so both teach the
 protocol with the same code and the `bootstrap:` settings:
 - `BootstrapParams`: the `bootstrap:` section (the rollout settings come from `rollout:`).
-- `bootstrap(params, make_tools)`: (1) which items the base model answers without search (greedy); (2)
-  demonstrations (pipeline/bootstrap.py); (3) the supervised cold start (trainer/sft.py). Writes
+- `bootstrap(params, make_tools)`: (1) what each item needs (its answer key, or for items without one what the base
+  model answers without search, greedy); (2) demonstrations (pipeline/bootstrap.py) on all but a held-out slice of
+  the bootstrap entities; (3) the supervised cold start (trainer/sft.py); (4) a check on the held-out items, greedy,
+  under the `tools` condition: does the labeler answer directly what it knows and search what it does not? Writes
   <out_dir>/model/ (an HF folder; when `enabled` is false it holds only model_ref.json pointing at the base model),
-  <out_dir>/demos.jsonl (images as sha1 refs) and <out_dir>/metrics.json; returns the metrics.
+  <out_dir>/demos.jsonl (images as sha1 refs), <out_dir>/heldout.parquet (the check's rollouts) and
+  <out_dir>/metrics.json; returns the metrics.
 - `cold_start_policy(train_params, boot, make_tools)`: the same on `train.model`, under <output_dir>/cold_start,
   run by the main process while the others wait; returns the cold-started model folder.
 """
@@ -32,7 +35,11 @@ class BootstrapParams(RolloutParams):
     out_dir: str = param("data/bootstrap", help="model/, demos.jsonl and metrics.json are written here")
     base_model: str = param("packaged:smollm2", help="model to teach: packaged:smollm2 | tiny:text | tiny:vlm | folder | Hub id")
     max_items: int = param(0, help="use at most this many bootstrap items (0 = all)")
-    conditions: list[str] = param(["tools", "closed_book"], help="conditions demonstrated (the probe's)")
+    conditions: list[str] = param(["closed_book", "image_only", "text_only", "tools"],
+                                  help="conditions demonstrated (the probe's): each item in those whose tools meet its need")
+    holdout: float = param(0.2, help="share of the bootstrap entities kept out of the demonstrations and used to check "
+                           "the labeler after the cold start (0 = no check)")
+    seed: int = param(0, help="seed of the held-out choice")
     cold_start: ColdStartParams = param(factory=ColdStartParams, help="supervised cold start")
 
     def validate(self) -> None:
@@ -71,12 +78,16 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     protocol = params.make_protocol()
     with_image = bool(model_info(base)["is_vlm"])
 
-    known = closed_book_known(base, items, make_judge(params.judge))
+    keyless = [it for it in items if not json.loads(it.get("meta") or "{}").get("expected_need")]
+    known = closed_book_known(base, keyless, make_judge(params.judge)) if keyless else {}
+    heldout = holdout_ids(items, params.holdout, params.seed)
+    train_items = [it for it in items if it["id"] not in heldout]
     tools = make_tools()
-    demos, counts = build_demonstrations(items, protocol, tools, known, with_image=with_image,
+    demos, counts = build_demonstrations(train_items, protocol, tools, known, with_image=with_image,
                                          conditions=params.conditions, search_k=params.search_k or None)
     if log:
-        log(f"bootstrap: {len(items)} items, base model knew {sum(known.values())}; demonstrations {counts}")
+        log(f"bootstrap: {len(items)} items ({len(heldout)} held out), {len(keyless)} without an answer key "
+            f"(base model knew {sum(known.values())}); demonstrations {counts}")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "demos.jsonl", "w", encoding="utf-8") as f:
         for d in demos:
@@ -86,12 +97,54 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
         shutil.rmtree(tmp)
     stats = cold_start(base, demos, tmp, protocol=protocol, params=params.cold_start, log=log)
     tmp.rename(model_dir)
-    metrics = {"enabled": True, "base_model": params.base_model, "items": len(items),
-               "base_closed_book_known": sum(known.values()), "demonstrations": counts,
-               "n_demonstrations": len(demos), "cold_start": stats,
+    check = check_heldout(str(model_dir), [it for it in items if it["id"] in heldout], protocol, tools, known,
+                          params, out / "heldout.parquet") if heldout else {}
+    if log and check:
+        log(f"bootstrap: held-out check {check}")
+    metrics = {"enabled": True, "base_model": params.base_model, "items": len(items), "heldout_items": len(heldout),
+               "items_without_key": len(keyless), "base_closed_book_known": sum(known.values()),
+               "demonstrations": counts, "n_demonstrations": len(demos), "cold_start": stats, "heldout_check": check,
                "search": {k: v for k, v in tools.metrics().items() if k in ("calls", "hits", "misses", "errors")}}
     write_json(metrics, out / "metrics.json")
     return metrics
+
+
+def holdout_ids(items: list[dict], share: float, seed: int) -> set[str]:
+    """Ids of the items whose entity falls in a seeded `share` of the entities (all items of an entity together)."""
+    from pipeline.rollout.engines import derive_seed
+
+    entities = sorted({str(it.get("entity") or it["id"]) for it in items})
+    ranked = sorted(entities, key=lambda e: (derive_seed(seed, "holdout", e), e))
+    keep_out = set(ranked[: int(round(share * len(entities)))])
+    return {it["id"] for it in items if str(it.get("entity") or it["id"]) in keep_out}
+
+
+def check_heldout(model_dir: str, items: list[dict], protocol: Any, tools: Any, known: dict, params: BootstrapParams,
+                  out_file: Path) -> dict:
+    """Greedy `tools` rollouts of the cold-started labeler on held-out items: per need, how often it answered without
+    searching, searched, and was right. Writes the rollouts to `out_file`."""
+    from collections import defaultdict
+
+    from pipeline.bootstrap import need_of
+    from pipeline.probe import rows_table
+    from pipeline.rollout.engines import Sampling, make_engine
+    from pipeline.rollout.loop import run_rollouts
+    from pipeline.schema import write_table
+
+    engine = make_engine("transformers", model_dir, protocol=protocol, seed=params.seed)
+    rows = run_rollouts(engine, protocol, tools, items, "tools", 1, params.judge, format_rule=params.format_rule,
+                        sampling=Sampling(temperature=0.0, max_tokens=96), search_k=params.search_k or None)
+    engine.close()
+    write_table(rows_table(rows), out_file)
+    need = {it["id"]: need_of(it, known) for it in items}
+    by_need: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_need[need[r["item_id"]]].append(r)
+    rate = lambda rs, f: round(sum(map(f, rs)) / len(rs), 4) if rs else None  # noqa: E731
+    searched = lambda r: r["n_image_search"] + r["n_text_search"] > 0  # noqa: E731
+    return {n: {"items": len(rs), "answered_without_search": rate(rs, lambda r: not searched(r)),
+                "searched": rate(rs, searched), "correct": rate(rs, lambda r: r["correct"]),
+                "valid_format": rate(rs, lambda r: r["valid_format"])} for n, rs in sorted(by_need.items())}
 
 
 def cold_start_policy(train_params: Any, boot: BootstrapParams, make_tools: Callable[[], Any]) -> str:

@@ -1,55 +1,89 @@
 """The search-necessity label of an item from its probe evidence (rule version `RULE_VERSION`).
 
-Rule "1" (the paper's search balancing, with thresholds from the `label:` params):
+Rule "2": the cheapest sufficient knowledge, each step settled with a confidence bound.
 
-1. Only rollouts without an engine error count (a tool error does not void a rollout: the model still answered).
-2. A rollout "did not search" when it made no executed search (closed-book rollouts never do; a tools rollout may
-   choose to answer directly). If at least `search_free_min_correct` rollouts that did not search are correct and
-   their pass rate is at least `search_free_min_pass_rate`  =>  `search_free`.
-3. Otherwise, if at least `search_min_correct` rollouts that searched are correct (any condition that offers
-   tools) and their pass rate is at least `search_min_pass_rate`, each such correct rollout votes for the kind of
-   search it used: image only, text only, or both (mixed). The kind with most votes wins; a tie goes to the
-   cheaper kind (image < text < mixed)  =>  `image_search_required` | `text_search_required` | `mixed_search_required`.
-4. Otherwise  =>  `unanswerable` (the caller excludes it, with the reason).
+The conditions are read in cascade order, cheapest first: `closed_book` (no tools), `image_only`, `text_only`,
+`tools` (both). Per condition, the labeler "can answer" when its pass rate p (correct rollouts / rollouts) is at least
+`threshold`. With s correct out of n rollouts, p has the posterior Beta(s + 1, n - s + 1) (a uniform prior), so
+  P(can answer)    = P(p >= threshold)   settles "pass" when >= `confidence`,
+  P(cannot answer) = P(p <  threshold)   settles "fail" when >= `confidence`,
+and anything in between is "open": more samples are needed (adaptive probing draws them, `settle`).
+Walking the cascade, the first condition that passes gives the label:
+  closed_book -> search_free;  image_only -> image_search_required;  text_only -> text_search_required;
+  tools -> the search kind that the correct rollouts used most (image < text < mixed on a tie): with image_only
+           and text_only probed before, what is left is usually mixed_search_required.
+A condition that fails sends the item on to the next one; every probed condition failing gives `unanswerable`; a
+condition left open (its samples used up) before any pass gives `uncertain`. Both are excluded downstream with the
+reason. Conditions that were not probed are skipped (e.g. the classic closed_book + tools pair).
 
-Each label carries the pass rate per probed condition (NaN when not probed), the number of rollouts counted and a
-confidence in [0, 1]: search_free: the pass rate of the rollouts that did not search; search-required: the winning
-kind's share of the correct searched rollouts times (1 - the no-search pass rate); unanswerable: n / (n + 1) for
-n counted rollouts (more failed attempts, more confidence).
-
-`settled(...)` tells adaptive sampling when more rollouts of a condition cannot change the label it leads to.
-Reads and writes nothing.
+Each label carries, per probed condition, the pass rate and a central `interval` Beta credible interval, the
+condition that settled it, and a confidence: the posterior probability of every step taken (P(fail) of each
+condition passed over times P(pass) of the deciding one). Engine failures are not counted; tool failures are (the
+model had to cope). Reads and writes nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections import Counter, defaultdict
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from pipeline.config import param
 from pipeline.schema import CONDITIONS
 
-RULE_VERSION = "1"
+RULE_VERSION = "2"
+CASCADE = ("closed_book", "image_only", "text_only", "tools")
+CONDITION_LABEL = {"closed_book": "search_free", "image_only": "image_search_required",
+                   "text_only": "text_search_required"}
 KIND_LABEL = {"image": "image_search_required", "text": "text_search_required", "mixed": "mixed_search_required"}
 KIND_ORDER = ("image", "text", "mixed")
+PASS, FAIL, OPEN = "pass", "fail", "open"
 
 
 @dataclasses.dataclass
 class RuleParams:
-    """Thresholds of the label rule."""
+    """Thresholds of the label rule: the shared `label_rule:` section, read by the label stage and by the probe
+    (whose adaptive sampling stops when this rule settles a condition)."""
 
-    search_free_min_correct: int = param(1, help="correct rollouts without search needed for search_free")
-    search_free_min_pass_rate: float = param(0.0, help="and their pass rate (correct / rollouts without search) at least this")
-    search_min_correct: int = param(1, help="correct rollouts with search needed for a search-required label")
-    search_min_pass_rate: float = param(0.0, help="and their pass rate (correct / rollouts with search) at least this")
+    SHARED_SECTION: ClassVar[str] = "label_rule"
+
+    threshold: float = param(0.5, help="pass rate at which the labeler counts as able to answer under a condition")
+    confidence: float = param(0.8, help="posterior probability that settles a condition as pass or fail "
+                              "(P(p >= threshold) or P(p < threshold) under Beta(s+1, n-s+1))")
+    interval: float = param(0.9, help="width of the credible interval reported per condition")
 
     def validate(self) -> None:
-        if self.search_free_min_correct < 1 or self.search_min_correct < 1:
-            raise ValueError("the min_correct thresholds must be >= 1")
-        for v in (self.search_free_min_pass_rate, self.search_min_pass_rate):
-            if not 0.0 <= v <= 1.0:
-                raise ValueError("pass-rate thresholds must be in [0, 1]")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.5 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
+        if not 0.0 < self.interval < 1.0:
+            raise ValueError(f"interval must be in (0, 1), got {self.interval}")
+
+
+def p_pass(correct: int, n: int, threshold: float) -> float:
+    """P(p >= threshold) under the posterior Beta(correct + 1, n - correct + 1)."""
+    from scipy.special import betainc
+
+    return float(1.0 - betainc(correct + 1, n - correct + 1, threshold))
+
+
+def credible_interval(correct: int, n: int, width: float) -> tuple[float, float]:
+    """The central `width` credible interval of the pass rate."""
+    from scipy.stats import beta
+
+    lo, hi = beta.ppf([(1 - width) / 2, (1 + width) / 2], correct + 1, n - correct + 1)
+    return float(lo), float(hi)
+
+
+def decide(correct: int, n: int, rule: RuleParams) -> tuple[str, float]:
+    """(pass | fail | open, P(pass)) for one condition's counts."""
+    p = p_pass(correct, n, rule.threshold)
+    if p >= rule.confidence:
+        return PASS, p
+    if 1.0 - p >= rule.confidence:
+        return FAIL, p
+    return OPEN, p
 
 
 def search_kind(rollout: Mapping[str, Any]) -> str:
@@ -70,36 +104,48 @@ def label_item(item_id: str, rollouts: Iterable[Mapping[str, Any]], rule: RulePa
     by_cond: dict[str, list] = defaultdict(list)
     for r in rs:
         by_cond[r["condition"]].append(r)
-    rates = {c: (sum(bool(r["correct"]) for r in by_cond[c]) / len(by_cond[c]) if by_cond[c] else math.nan)
-             for c in CONDITIONS}
-    no_search = [r for r in rs if not search_kind(r)]
-    searched = [r for r in rs if search_kind(r)]
-    ns_correct = sum(bool(r["correct"]) for r in no_search)
-    ns_rate = ns_correct / len(no_search) if no_search else 0.0
-    s_correct = [r for r in searched if r["correct"]]
-    s_rate = len(s_correct) / len(searched) if searched else 0.0
-    n = len(rs)
-    summary = (f"no-search {ns_correct}/{len(no_search)} correct, with search {len(s_correct)}/{len(searched)} "
-               f"correct, {n} rollouts")
-    if ns_correct >= rule.search_free_min_correct and ns_rate >= rule.search_free_min_pass_rate:
-        label, confidence = "search_free", ns_rate
-        reason = f"answered without search: {summary}"
-    elif len(s_correct) >= rule.search_min_correct and s_rate >= rule.search_min_pass_rate:
-        votes = Counter(search_kind(r) for r in s_correct)
-        kind = max(KIND_ORDER, key=lambda k: (votes[k], -KIND_ORDER.index(k)))
-        label = KIND_LABEL[kind]
-        confidence = votes[kind] / len(s_correct) * (1.0 - ns_rate)
-        reason = (f"correct only with search ({', '.join(f'{k} {votes[k]}' for k in KIND_ORDER if votes[k])}): "
-                  f"{summary}")
+    stats = {}
+    for c in CONDITIONS:
+        n = len(by_cond[c])
+        s = sum(bool(r["correct"]) for r in by_cond[c])
+        lo, hi = credible_interval(s, n, rule.interval) if n else (math.nan, math.nan)
+        stats[c] = {"n": n, "correct": s, "rate": s / n if n else math.nan, "lo": lo, "hi": hi}
+    label, settled_by, confidence, steps = "unanswerable", "", 1.0, []
+    for c in CASCADE:
+        st = stats[c]
+        if not st["n"]:
+            continue
+        verdict, p = decide(st["correct"], st["n"], rule)
+        steps.append(f"{c} {st['correct']}/{st['n']} {verdict}")
+        if verdict == FAIL:
+            confidence *= 1.0 - p
+            continue
+        settled_by = c
+        if verdict == OPEN:
+            label, confidence = "uncertain", confidence * max(p, 1.0 - p)
+            break
+        confidence *= p
+        if c in CONDITION_LABEL:
+            label = CONDITION_LABEL[c]
+        else:
+            votes = Counter(search_kind(r) for r in by_cond[c] if r["correct"])
+            kind = max(KIND_ORDER, key=lambda k: (votes[k], -KIND_ORDER.index(k)))
+            label = KIND_LABEL[kind] if votes[kind] else "search_free"  # correct only without searching
+        break
+    if not steps:
+        reason = "no usable rollout"
+        confidence = 0.0
     else:
-        label, confidence = "unanswerable", (n / (n + 1) if n else 0.0)
-        reason = f"no rollout met the thresholds: {summary}" if n else "no usable rollout"
+        reason = "; ".join(steps) + (f" -> {label}" if label != "unanswerable" else " -> no condition passed")
     return {
         "id": item_id,
         "label": label,
         "rule_version": RULE_VERSION,
-        **{f"pass_rate_{c}": float(rates[c]) for c in CONDITIONS},
-        "n_rollouts": n,
+        **{f"pass_rate_{c}": float(stats[c]["rate"]) for c in CONDITIONS},
+        **{f"ci_low_{c}": float(stats[c]["lo"]) for c in CONDITIONS},
+        **{f"ci_high_{c}": float(stats[c]["hi"]) for c in CONDITIONS},
+        "n_rollouts": len(rs),
+        "settled_by": settled_by,
         "confidence": float(round(confidence, 6)),
         "reason": reason,
     }
@@ -118,18 +164,12 @@ def label_items(rollouts: Iterable[Mapping[str, Any]], item_ids: Iterable[str] |
     return [label_item(i, grouped.get(i, []), rule) for i in ids]
 
 
-def settled(condition: str, rollouts: Iterable[Mapping[str, Any]], rule: RuleParams | None = None) -> bool:
-    """True when more rollouts of `condition` for this item cannot change the label it leads to.
-
-    The only early certainty the rule gives is search_free: once enough rollouts without search are correct (and
-    with a pass-rate threshold of 0), later rollouts cannot take that label away. Search-required labels depend on
-    the votes of all correct searched rollouts, so such a condition keeps sampling."""
+def settle(condition: str, rollouts: Iterable[Mapping[str, Any]], rule: RuleParams | None = None) -> str:
+    """pass | fail | open for one item's rollouts of `condition` (what adaptive probing asks after each round)."""
     rule = rule or RuleParams()
-    if rule.search_free_min_pass_rate > 0:
-        return False
     rs = [r for r in _counted(rollouts) if r["condition"] == condition]
-    ns_correct = sum(1 for r in rs if r["correct"] and not search_kind(r))
-    return ns_correct >= rule.search_free_min_correct
+    return decide(sum(bool(r["correct"]) for r in rs), len(rs), rule)[0] if rs else OPEN
 
 
-__all__ = ["KIND_LABEL", "RULE_VERSION", "RuleParams", "label_item", "label_items", "search_kind", "settled"]
+__all__ = ["CASCADE", "FAIL", "KIND_LABEL", "OPEN", "PASS", "RULE_VERSION", "RuleParams", "credible_interval",
+           "decide", "label_item", "label_items", "p_pass", "search_kind", "settle"]

@@ -20,7 +20,8 @@ from pipeline.schema import SEARCH_REQUIRED
 SEARCH_FREE = "search_free"
 REQUIRED = "search_required"
 CLASSES = (SEARCH_FREE, REQUIRED)  # the reference's classes (columns of the confusion table)
-OURS = (SEARCH_FREE, REQUIRED, "unanswerable")  # our collapsed labels (rows)
+OURS = (SEARCH_FREE, REQUIRED, "unanswerable", "uncertain")  # our collapsed labels (rows)
+EXCLUDED = ("unanswerable", "uncertain")  # our labels that are excluded from the dataset: their own rows
 META_KEY = "reference_label"
 
 
@@ -63,7 +64,7 @@ def reference_features():
         "reference_label": datasets.Value("string"),  # as the source gave it
         "reference": datasets.Value("string"),  # collapsed: search_free | search_required | "" (unrecognised)
         "label": datasets.Value("string"),  # ours ("" when the item was not probed)
-        "ours": datasets.Value("string"),  # collapsed: search_free | search_required | unanswerable | not_probed
+        "ours": datasets.Value("string"),  # search_free | search_required | unanswerable | uncertain | not_probed
         "agree": datasets.Value("bool"),  # null when either side is not search_free / search_required
     })
 
@@ -91,7 +92,7 @@ def compare(items: Iterable[Mapping[str, Any]], labels: Mapping[str, str]) -> tu
             continue
         meta = json.loads(it.get("meta") or "{}") if isinstance(it.get("meta"), str) else dict(it.get("meta") or {})
         ours_label = labels.get(it["id"], "")
-        ours = ("unanswerable" if ours_label == "unanswerable" else collapse(ours_label)) if ours_label else "not_probed"
+        ours = (ours_label if ours_label in EXCLUDED else collapse(ours_label)) if ours_label else "not_probed"
         theirs = collapse(ref) or ""
         agree = (ours == theirs) if theirs and ours in CLASSES else None
         rows.append({"id": it["id"], "data_id": str(meta.get("data_id") or meta.get("source_id") or ""),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import pickle
 import re
+import urllib.parse
 from pathlib import Path
 
 
@@ -176,3 +178,35 @@ PHOTO_FACTS = (
     ("moon.png", "The surface of which celestial body is shown in this image?", "the Moon", ("Moon", "Luna"),
      "Moon", "Moon", "BSD-3-Clause (scikit-image)"),
 )
+
+
+CURRENCY_NAMES = {
+    "EUR": "euro", "USD": "United States dollar", "GBP": "pound sterling", "JPY": "Japanese yen", "CNY": "renminbi",
+    "INR": "Indian rupee", "RUB": "Russian ruble", "BRL": "Brazilian real", "CAD": "Canadian dollar",
+    "AUD": "Australian dollar", "CHF": "Swiss franc", "MXN": "Mexican peso", "KRW": "South Korean won",
+    "ZAR": "South African rand", "TRY": "Turkish lira", "SEK": "Swedish krona", "NOK": "Norwegian krone",
+    "DKK": "Danish krone", "PLN": "Polish zloty", "NZD": "New Zealand dollar", "XOF": "West African CFA franc",
+    "XAF": "Central African CFA franc", "XCD": "East Caribbean dollar", "EGP": "Egyptian pound",
+    "NGN": "Nigerian naira", "IDR": "Indonesian rupiah", "THB": "Thai baht", "ARS": "Argentine peso",
+    "SAR": "Saudi riyal", "PKR": "Pakistani rupee", "BDT": "Bangladeshi taka", "VND": "Vietnamese dong",
+    "PHP": "Philippine peso", "ILS": "Israeli new shekel", "UAH": "Ukrainian hryvnia", "KES": "Kenyan shilling",
+    "MAD": "Moroccan dirham", "CZK": "Czech koruna", "HUF": "Hungarian forint", "CLP": "Chilean peso",
+    "COP": "Colombian peso", "PEN": "Peruvian sol", "MYR": "Malaysian ringgit", "SGD": "Singapore dollar",
+}
+POPULATION_BANDS = ((1_000_000, "under 1 million"), (10_000_000, "1 to 10 million"),
+                    (100_000_000, "10 to 100 million"), (None, "over 100 million"))
+
+
+def seed_of(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def wiki_url(title: str) -> str:
+    return "https://en.wikipedia.org/wiki/" + urllib.parse.quote(title.replace(" ", "_"), safe="_(),'-.")
+
+
+def population_band(pop: int) -> str:
+    for limit, label in POPULATION_BANDS:
+        if limit is None or pop < limit:
+            return label
+    raise AssertionError

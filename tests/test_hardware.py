@@ -1,0 +1,43 @@
+"""The machine description and the per-CPU dtype choice (pipeline/hardware.py), with the CPU flags made up."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import hardware
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    def set_flags(*flags, model="Test CPU"):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(hardware, "cpu_model", lambda: model)
+        monkeypatch.setattr(hardware, "_cuda", lambda: (False, False, ""))
+    return set_flags
+
+
+def test_avx2_only_cpu_uses_float32_everywhere(cpu):
+    cpu("avx", "avx2", "fma")
+    assert hardware.inference_dtype("auto") == "float32" and not hardware.training_bf16("auto")
+    assert "AVX2 only" in hardware.machine_line() and not hardware.machine()["avx512"]
+
+
+def test_avx512_bf16_without_amx_trains_in_bf16_and_infers_in_float32(cpu):
+    cpu("avx2", "avx512f", "avx512_bf16")
+    assert hardware.inference_dtype("auto") == "float32" and hardware.training_bf16("auto")
+    assert "AVX-512 (bf16), no AMX" in hardware.machine_line()
+
+
+def test_amx_cpu_uses_bf16(cpu):
+    cpu("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    assert hardware.inference_dtype("auto") == "bfloat16" and hardware.training_bf16("auto")
+
+
+def test_explicit_choices_win(cpu):
+    cpu("avx2")
+    assert hardware.inference_dtype("bfloat16") == "bfloat16" and hardware.training_bf16("bf16")
+    assert not hardware.training_bf16("fp32")
+
+
+def test_this_machine_is_described():
+    m = hardware.machine()
+    assert m["cpu"] and m["cores"] >= 1 and isinstance(m["avx512"], bool)
