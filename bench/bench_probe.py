@@ -1,7 +1,7 @@
-"""Probe throughput: the batched multi-turn loop vs a naive loop, and adaptive vs fixed-K sampling.
+"""Probe throughput: the batched multi-turn loop vs a naive loop (adaptive vs fixed K: bench/bench_labels.py).
 
     python bench/bench_probe.py [--params params.yaml] [--items 32] [--samples 4] [--naive-items 0]
-                                [--set engine.dtype=bfloat16 ...] [--only speed|adaptive]
+                                [--set engine.dtype=bfloat16 ...]
 
 Uses the probe's model (data/bootstrap/model, or --model), items (data/dedup/items.parquet) and search tools (the
 `search:` section; the cache is warmed by the first pass so both loops see the same tool latency):
@@ -11,8 +11,6 @@ Uses the probe's model (data/bootstrap/model, or --model), items (data/dedup/ite
    rollouts/s of both, the speed-up, and the tokens each loop made the engine compute (prompt tokens not found in
    the prefix cache, plus generated tokens) with the rate it computed them at. A prompt sampled n times is one
    request: vLLM prefills it once and its n samples share the blocks;
-3. adaptive vs fixed K (closed_book and tools): generations played and agreement of the labels the two give, next
-   to the agreement of two fixed-K runs with different seeds (the noise floor).
 Prints figures; writes nothing but the search cache.
 """
 from __future__ import annotations
@@ -34,7 +32,6 @@ def main() -> None:
     ap.add_argument("--naive-items", type=int, default=0, help="naive loop over the first N items only (0 = all)")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--engine", default="vllm")
-    ap.add_argument("--only", choices=("speed", "adaptive"), default=None, help="run one of the two comparisons")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the probe section (or rollout.KEY of the shared rollout section), "
                     "e.g. engine.enforce_eager=false (repeatable)")
@@ -61,10 +58,7 @@ def main() -> None:
     print(f"engine {engine.params}")
     k = args.samples
     common = dict(sampling=params.sampling, seed=1, search_k=params.search_k or None)
-    if args.only != "adaptive":
-        speed(engine, proto, tools, items, k, common, args)
-    if args.only != "speed":
-        adaptive_vs_fixed(engine, proto, tools, items, k, params, model)
+    speed(engine, proto, tools, items, k, common, args)
     engine.close()
 
 
@@ -99,37 +93,6 @@ def speed(engine, proto, tools, items, k, common, args) -> None:
               f"{(prompt - cached + gen) / secs:.0f} computed tokens/s")
     print(f"speed-up {len(batched) / tb / (len(naive) / tn):.1f}x")
 
-
-
-def adaptive_vs_fixed(engine, proto, tools, items, k, params, model) -> None:
-    """Generations played and label agreement: adaptive vs fixed K, next to fixed K vs fixed K with another seed
-    (the agreement two independent fixed-K runs reach: the noise floor of any comparison)."""
-    import dataclasses
-
-    from pipeline.curate.label import label_items
-    from pipeline.probe import AdaptiveParams, probe_batch
-
-    fixed_p = dataclasses.replace(params, samples=k, adaptive=AdaptiveParams(enabled=False))
-    adapt_p = dataclasses.replace(params, samples=k, adaptive=dataclasses.replace(params.adaptive, enabled=True))
-    runs = {}
-    for name, p, seed in (("fixed", fixed_p, 7), ("fixed_seed8", fixed_p, 8), ("adaptive", adapt_p, 7)):
-        rows, gens = [], 0
-        for cond in ("closed_book", "tools"):
-            r, g = probe_batch(engine, proto, tools if cond == "tools" else None, items, cond, p, seed, model)
-            rows += r
-            gens += g
-        runs[name] = ({l["id"]: l["label"] for l in label_items(rows)}, gens)
-
-    def agree(a: str, b: str) -> float:
-        la, lb = runs[a][0], runs[b][0]
-        return sum(la[i] == lb.get(i) for i in la) / len(la)
-
-    g_fixed, g_adapt = runs["fixed"][1], runs["adaptive"][1]
-    print(f"fixed K={k}: {g_fixed} rollouts; adaptive (first_round {adapt_p.adaptive.first_round}, "
-          f"round_size {adapt_p.adaptive.round_size}, min_correct {adapt_p.adaptive.min_correct}): {g_adapt} rollouts "
-          f"({1 - g_adapt / g_fixed:.1%} saved)")
-    print(f"label agreement: adaptive vs fixed {agree('adaptive', 'fixed'):.1%}; "
-          f"fixed vs fixed with another seed {agree('fixed_seed8', 'fixed'):.1%} (noise floor)")
 
 if __name__ == "__main__":
     main()

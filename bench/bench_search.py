@@ -117,6 +117,7 @@ def bench_image(work: Path, n_total: int, n_queries: int) -> dict:
     from pipeline.search.embed import COLOR_DIM, IMAGE_DIM, color_layout, decode_rgb, shared_image_embedder
     from pipeline.search.local_image import ImageIndex, LocalImageBackend, build_image_index, image_features
     from pipeline.gather.demo_corpora import image_rows
+    from pipeline.gather.demo import DemoParams
     from pipeline.gather.rephoto import rephotograph
 
     rows = image_rows(ImageParams())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -195,6 +196,20 @@ LABEL_FEATURES = datasets.Features(
         "reason": datasets.Value("string"),  # one line: why this label
     }
 )
+
+
+def label_row(item_id: str, label: str, **fields: Any) -> dict:
+    """One LABEL_FEATURES row: the given fields, every other column at its "not probed" value (NaN rates and
+    intervals, 0 rollouts, empty strings). Unknown field names raise KeyError naming them."""
+    unknown = set(fields) - set(LABEL_FEATURES)
+    if unknown:
+        raise KeyError(f"label_row: unknown label columns {sorted(unknown)}; known: {list(LABEL_FEATURES)}")
+    row: dict[str, Any] = {}
+    for name, feature in LABEL_FEATURES.items():
+        dtype = getattr(feature, "dtype", "")
+        row[name] = math.nan if dtype.startswith("float") else 0 if dtype.startswith("int") else ""
+    row.update(fields, id=item_id, label=label)
+    return row
 
 
 def to_json(obj: Any) -> str:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.curate import balance as bl
-from pipeline.schema import LABEL_FEATURES, LABELS, SEARCH_REQUIRED, write_table
+from pipeline.schema import LABEL_FEATURES, LABELS, SEARCH_REQUIRED, label_row, write_table
 from test_dedup import _run_stage as run_dedup_stage
 from test_dedup import cropped, encode, make_item, reencoded, resized, synth
 
@@ -58,7 +58,7 @@ def test_stratum_quota_with_sub_targets():
 def synthetic_pool(n=600, seed=0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     cluster = [f"c{int(c)}" for c in rng.integers(0, n // 3, n)]  # clusters of about 3 items
-    labels = rng.choice(list(LABELS), n, p=[0.35, 0.2, 0.2, 0.15, 0.1])
+    labels = rng.choice(list(LABELS), n, p=[0.35, 0.2, 0.2, 0.15, 0.05, 0.05])
     labels = np.where(rng.random(n) < 0.03, None, labels).tolist()  # some unlabeled
     return pd.DataFrame({
         "id": [f"i{i:04d}" for i in range(n)],
@@ -117,9 +117,9 @@ def write_labels(root: Path, ids: list[str], seed=0, as_string=False):
     rng = np.random.default_rng(seed)
     rows = []
     for i in ids:
-        rows.append({"id": i, "label": str(rng.choice(list(LABELS), p=[0.3, 0.25, 0.2, 0.15, 0.1])), "rule_version": "test",
-                     "pass_rate_closed_book": 0.25, "pass_rate_tools": 0.75, "pass_rate_image_only": float("nan"),
-                     "pass_rate_text_only": float("nan"), "n_rollouts": 8, "confidence": 0.8, "reason": "synthetic"})
+        label = str(rng.choice(list(LABELS), p=[0.3, 0.25, 0.2, 0.15, 0.05, 0.05]))
+        rows.append(label_row(i, label, rule_version="test", pass_rate_closed_book=0.25, pass_rate_tools=0.75,
+                              n_rollouts=8, confidence=0.8, reason="synthetic"))
     feats = LABEL_FEATURES.copy()
     if as_string:
         feats["label"] = datasets.Value("string")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipeline.bootstrap import CAN_MEET
 from pipeline.config import build
 from trainer.cold_start import BootstrapParams, bootstrap, cold_start_policy
 
@@ -35,11 +36,14 @@ def test_bootstrap_writes_a_labeler_that_speaks_the_protocol(world, tiny_text_mo
     out = tmp_path / "boot"
     demos = [json.loads(line) for line in (out / "demos.jsonl").read_text().splitlines()]
     assert metrics["n_demonstrations"] == len(demos) == sum(metrics["demonstrations"].values())
-    assert {d["condition"] for d in demos} == {"tools", "closed_book"}
-    # the tools demonstrations carry the real image-search results, through the cache the world filled
-    searched = [d for d in demos if d["kind"] in ("image", "image_miss")]
+    # each item is demonstrated in exactly the conditions whose tools meet its need (the flags need image search)
+    assert all(d["kind"] in CAN_MEET[d["condition"]] for d in demos)
+    assert {d["condition"] for d in demos if d["kind"] == "image"} == {"image_only", "tools"}
+    # the searching demonstrations carry the real image-search results, through the cache the world filled
+    searched = [d for d in demos if d["kind"] in ("image", "mixed")]
     assert searched and all("<search><img></search>" in d["messages"][-3]["content"] for d in searched)
-    assert metrics["search"]["calls"] >= len(searched) and metrics["search"]["errors"] == 0
+    # one search per item, shared by the conditions it is demonstrated in
+    assert metrics["search"]["calls"] >= len({d["item_id"] for d in searched}) and metrics["search"]["errors"] == 0
     assert metrics["cold_start"]["steps"] == 2 and metrics["items"] == len(world.items)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert resolve_model(str(out / "model")) == str(out / "model") and not model_info(out / "model")["is_vlm"]

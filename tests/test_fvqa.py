@@ -134,14 +134,15 @@ def test_reference_survives_dedup_and_label_reports_agreement(tmp_path):
     # ours: 0 search_free (agrees), 1 image_search_required (agrees), 2 search_free (theirs: required), 4 unanswerable
     plan = {"fvqa_train_0": [("closed_book", True, 0)], "fvqa_train_1": [("closed_book", False, 0), ("tools", True, 1)],
             "fvqa_train_2": [("closed_book", True, 0)], "fvqa_train_4": [("closed_book", False, 0), ("tools", False, 1)]}
+    # four samples per condition: enough for rule 2's posterior to settle 4/4 as pass and 0/4 as fail
     base = {k: None for k in ROLLOUT_FEATURES}
     for cond in ("closed_book", "tools"):
-        rows = [{**base, "rollout_id": f"{by_data_id[d]['id']}/{cond}/0", "item_id": by_data_id[d]["id"], "condition": c,
-                 "sample": 0, "model": "m", "protocol": "mmsearch_r1", "saw_image": True, "messages": "[]",
+        rows = [{**base, "rollout_id": f"{by_data_id[d]['id']}/{cond}/{k}", "item_id": by_data_id[d]["id"], "condition": c,
+                 "sample": k, "model": "m", "protocol": "mmsearch_r1", "saw_image": True, "messages": "[]",
                  "actions": ["answer"], "tool_calls": "[]", "n_image_search": img, "n_text_search": 0,
                  "final_answer": "", "correct": ok, "judge": "em", "valid_format": True, "prompt_tokens": 1,
                  "completion_tokens": 1, "latency_s": 0.0, "error": ""}
-                for d, rs in plan.items() for c, ok, img in rs if c == cond]
+                for d, rs in plan.items() for c, ok, img in rs if c == cond for k in range(4)]
         write_table(datasets.Dataset.from_list(rows, features=ROLLOUT_FEATURES).data.table,
                     tmp_path / "data/probe" / cond / "evidence.parquet")
     params = label.Params(items=str(tmp_path / "data/dedup/items.parquet"), probe_dir=str(tmp_path / "data/probe"),
@@ -155,6 +156,7 @@ def test_reference_survives_dedup_and_label_reports_agreement(tmp_path):
         "ours_search_free": {"theirs_search_free": 1, "theirs_search_required": 1},
         "ours_search_required": {"theirs_search_free": 0, "theirs_search_required": 1},
         "ours_unanswerable": {"theirs_search_free": 0, "theirs_search_required": 1},
+        "ours_uncertain": {"theirs_search_free": 0, "theirs_search_required": 0},
     }
     rows = {r["data_id"]: r for r in pq.read_table(tmp_path / "data/label/reference.parquet").to_pylist()}
     assert rows["fvqa_train_2"] == {"id": by_data_id["fvqa_train_2"]["id"], "data_id": "fvqa_train_2",

@@ -124,7 +124,7 @@ def test_card_is_valid_and_made_of_real_figures(built):
     assert set(card.data.license) == {"cc-by-sa-4.0", "mit", "other"}
     assert {c["config_name"] for c in card.data.configs} == {"default", "probe_evidence", "search_cache", "exclusions"}
     # figures from the metrics files and the data
-    assert "75.0%" in text  # hit rate: 60 hits / 80 lookups summed over both probe metrics files
+    assert "75.0%" in text  # hit rate: 60 hits / 80 lookups of the probe metrics file
     assert "| `search_free` | 7 | 5 |" in text  # 7 before balancing (labels.parquet), 5 published
     assert "No metrics file matched `data/label/metrics.json`" in text  # missing metrics are said, not invented
     assert "No metrics file matched `data/gather/*/metrics.json`" in text

@@ -13,7 +13,7 @@ from PIL import Image
 from pipeline.io import exclusion, write_exclusions, write_json
 from pipeline.search.cache import SearchCache, cache_key
 from pipeline.search.types import SearchHit
-from pipeline.schema import ITEM_FEATURES, LABEL_FEATURES, ROLLOUT_FEATURES, make_item_id, sha1_hex, to_json, write_table
+from pipeline.schema import ITEM_FEATURES, LABEL_FEATURES, ROLLOUT_FEATURES, label_row, make_item_id, sha1_hex, to_json, write_table
 
 LABEL_CYCLE = ["search_free", "image_search_required", "text_search_required", "mixed_search_required",
                "search_free", "unanswerable"]
@@ -32,8 +32,8 @@ def make_item(n: int, split: str) -> dict:
     image = png(n) if n % 4 != 3 else None  # some items have no image
     sha = sha1_hex(image) if image else ""
     question, answer = f"Which country has flag number {n}?", f"Country {n}"
+    label = LABEL_CYCLE[n % len(LABEL_CYCLE)]
     return {
-        "id": make_item_id(source, question, answer, sha),
         "image": {"bytes": image, "path": f"/somewhere/on/disk/img_{n}.png"} if image else None,
         "image_sha1": sha,
         "question": question,
@@ -44,15 +44,9 @@ def make_item(n: int, split: str) -> dict:
         "license": "MIT" if source == "easy_vqa" else "CC-BY-SA-4.0 AND public-domain",
         "entity": f"entity-{n}",
         "meta": to_json({"url": f"https://example.org/{n}.png", "n": n}),
-        "label": LABEL_CYCLE[n % len(LABEL_CYCLE)],
-        "rule_version": "1.0",
-        "pass_rate_closed_book": 0.25 * (n % 5),
-        "pass_rate_tools": float("nan") if n == 2 else 0.5,
-        "pass_rate_image_only": float("nan"),
-        "pass_rate_text_only": float("nan"),
-        "n_rollouts": 8,
-        "confidence": 0.75,
-        "reason": f"rule says {LABEL_CYCLE[n % len(LABEL_CYCLE)]}",
+        **label_row(make_item_id(source, question, answer, sha), label, rule_version="1.0",
+                    pass_rate_closed_book=0.25 * (n % 5), pass_rate_tools=float("nan") if n == 2 else 0.5,
+                    n_rollouts=8, confidence=0.75, reason=f"rule says {label}"),
         "cluster_id": f"c{n // 2 if split == 'train' else 1000 + n}",
     }
 
@@ -156,11 +150,14 @@ def make_world(root: Path, *, bad_rows: bool = False, with_cache: bool = True, w
                    "tool_calls": json.dumps([{"tool": "text_search", "cache_key": "txt-unpublished"}])})
         table = datasets.Dataset.from_list(ev, features=ROLLOUT_FEATURES).data.table
         write_table(table, root / "data/probe" / cond / "evidence.parquet")
-        # absolute paths of this machine in a metrics file (a packaged model under ~, an output under the root)
-        write_json({"rollouts": len(ev), "model": "tiny:text", "samples": 2, "cache": {"hits": 30, "misses": 10},
-                    "model_path": str(Path.home() / ".cache/probe-model"),
-                    "parts_dir": str(Path(root).resolve() / "data/probe_parts")},
-                   root / "data/probe" / cond / "metrics.json")
+    # the probe's one metrics file, with absolute paths of this machine in it (a packaged model under ~, an output
+    # under the root) that the card must not show
+    write_json({"items": len(items[:10]), "model": "tiny:text", "samples": 2,
+                "per_condition": {c: {"rollouts": 21} for c in ("closed_book", "tools")},
+                "search": {"calls": 80, "hits": 60, "misses": 20},
+                "model_path": str(Path.home() / ".cache/probe-model"),
+                "parts_dir": str(Path(root).resolve() / "data/probe_parts")},
+               root / "data/probe/metrics.json")
 
     if with_cache:
         write_cache(root, cache_file)
@@ -177,9 +174,9 @@ def make_world(root: Path, *, bad_rows: bool = False, with_cache: bool = True, w
     write_json({"duplicates": 1, "clusters": 14, "contamination": {"test_overlap": 0}}, root / "data/dedup/metrics.json")
     if with_label_metrics:
         write_json({"labelled": 20}, root / "data/label/metrics.json")
-    labels = [{"id": f"x{i}", "label": LABEL_CYCLE[i % 6], "rule_version": "1.0", "pass_rate_closed_book": 0.0,
-               "pass_rate_tools": 0.0, "pass_rate_image_only": 0.0, "pass_rate_text_only": 0.0, "n_rollouts": 4,
-               "confidence": 1.0, "reason": ""} for i in range(21)]
+    labels = [label_row(f"x{i}", LABEL_CYCLE[i % 6], rule_version="1.0", pass_rate_closed_book=0.0,
+                        pass_rate_tools=0.0, pass_rate_image_only=0.0, pass_rate_text_only=0.0, n_rollouts=4,
+                        confidence=1.0) for i in range(21)]
     write_table(datasets.Dataset.from_list(labels, features=LABEL_FEATURES).data.table, root / "data/label/labels.parquet")
     (root / "data/balance").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (20, 10), (200, 10, 10)).save(root / "data/balance/label_counts.png")

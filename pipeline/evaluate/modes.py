@@ -139,7 +139,7 @@ class RagWorkflowEngine:
 def run_mode(engine: Any, protocol_name: str, limits: Limits, tools: Any, items: Sequence[Mapping[str, Any]],
              mode: str, *, samples: int, judge_cfg: Any, sampling: Any, seed: int, model_name: str, dataset: str,
              labels: Mapping[str, str | None], with_image: bool | None = None,
-             rag: RagParams | None = None, format_rule: str = "paper") -> list[dict]:
+             rag: RagParams | None = None, format_rule: str = "paper", prompt: str = "full") -> list[dict]:
     """Play `samples` rollouts per item of one mode; returns EVAL_ROLLOUT_FEATURES rows (item order, then sample).
 
     rollout_id = "<model>/<mode>/<dataset>/<item_id>/<sample>", unique across the whole evaluation."""
@@ -148,10 +148,10 @@ def run_mode(engine: Any, protocol_name: str, limits: Limits, tools: Any, items:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use some of {', '.join(MODES)}")
     if mode == "rag":
-        protocol: Any = RagProtocol(get_protocol(protocol_name, dataclasses.replace(RAG_LIMITS)))
+        protocol: Any = RagProtocol(get_protocol(protocol_name, dataclasses.replace(RAG_LIMITS), prompt))
         engine = RagWorkflowEngine(engine, protocol, (rag or RagParams()).text_query)
     else:
-        protocol = get_protocol(protocol_name, dataclasses.replace(limits))
+        protocol = get_protocol(protocol_name, dataclasses.replace(limits), prompt)
     rows = run_rollouts(engine, protocol, None if mode == "direct" else tools, list(items), MODE_CONDITION[mode],
                         samples, judge_cfg, sampling=sampling, with_image=with_image, seed=seed,
                         model_name=model_name, format_rule=format_rule)

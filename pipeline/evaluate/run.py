@@ -234,7 +234,8 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
                                        samples=params.samples, judge_cfg=params.judge, sampling=params.sampling,
                                        seed=derive_seed(params.seed, "evaluate", d, mode), model_name=model,
                                        dataset=d, labels=data[d].labels, with_image=params.with_image,
-                                       rag=params.rag, format_rule=params.format_rule))
+                                       rag=params.rag, format_rule=params.format_rule,
+                                       prompt=params.prompt))
 
         run.execute(produce, on_unit=lambda _u, _t: bar.update(1))
         engine.close()

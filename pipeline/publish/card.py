@@ -37,11 +37,12 @@ METRIC_SECTIONS = ("gather", "dedup", "bootstrap", "probe", "label", "balance", 
 
 # What each label means (documentation of the rule's classes; the rule itself lives in pipeline/curate/label.py).
 LABEL_MEANINGS = {
-    "search_free": "the probe model answers correctly without any tool (closed book) often enough",
-    "image_search_required": "it fails closed book but succeeds once image search is available",
-    "text_search_required": "it fails closed book but succeeds once text search is available",
-    "mixed_search_required": "it needs both image search and text search to answer",
-    "unanswerable": "it fails in every probed condition, tools included (kept for analysis, usually not trained on)",
+    "search_free": "the probe model answers correctly with no tool (closed book), settled with confidence",
+    "image_search_required": "it fails closed book and succeeds with image search alone",
+    "text_search_required": "it fails closed book and with image search alone, and succeeds with text search alone",
+    "mixed_search_required": "it succeeds only with both tools, its correct answers using image and text search",
+    "unanswerable": "it fails in every probed condition, tools included (excluded, kept with the reason)",
+    "uncertain": "the evidence did not settle it within the probe budget (excluded, kept with the reason)",
 }
 
 # Licence ids the Hub accepts in a card's `license:` field (the common subset; anything else is published as

@@ -14,7 +14,7 @@ DEFAULT_METRICS = {
     "gather": ["data/gather/*/metrics.json"],
     "dedup": ["data/dedup/metrics.json", "data/dedup/report.json"],
     "bootstrap": ["data/bootstrap/metrics.json"],
-    "probe": ["data/probe/*/metrics.json"],
+    "probe": ["data/probe/metrics.json"],
     "label": ["data/label/metrics.json"],
     "balance": ["data/balance/metrics.json"],
     "search": ["data/search/metrics.json", "data/cache/search/metrics.json", "data/index/metrics.json"],

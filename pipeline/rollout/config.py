@@ -23,6 +23,9 @@ class RolloutParams:
         "mmsearch_r1", help="mmsearch_r1 (the paper's tags) | tool_calls (the chat template's native tool calling)")
     limits: Limits = param(factory=Limits, help="per-rollout limits (the paper: 3 turns, 1 image search in turn 1, "
                            "2 text searches); evaluate's rag mode always runs image search, text search, answer")
+    prompt: Literal["full", "short"] = param(
+        "full", help="prompt style (pipeline/rollout/protocols/prompts.py): full spells the protocol out (a model "
+        "that meets it for the first time); short names the actions only (a labeler the bootstrap taught the protocol)")
     search_k: int = param(0, help="results per search call (0 = search.k_image / search.k_text); one value for "
                           "every stage, so train's replay_only cache finds what probe cached")
     judge: JudgeParams = param(factory=JudgeParams, help="answer judge: em with aliases (the paper's reward), "
@@ -43,4 +46,4 @@ class RolloutParams:
         """The protocol object every stage plays: `get_protocol(protocol, limits)`."""
         from pipeline.rollout.protocols import get_protocol
 
-        return get_protocol(self.protocol, self.limits)
+        return get_protocol(self.protocol, self.limits, self.prompt)

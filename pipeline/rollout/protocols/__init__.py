@@ -15,11 +15,11 @@ from pipeline.rollout.protocols.tool_calls import ToolCallsProtocol
 PROTOCOLS = {"mmsearch_r1": MMSearchR1Protocol, "tool_calls": ToolCallsProtocol}
 
 
-def get_protocol(name: str, limits: Limits | None = None) -> Protocol:
-    """The protocol `name` with `limits` (paper defaults when None)."""
+def get_protocol(name: str, limits: Limits | None = None, prompt: str = "full") -> Protocol:
+    """The protocol `name` with `limits` (paper defaults when None) and prompt style (full | short)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; use one of {sorted(PROTOCOLS)}")
-    return PROTOCOLS[name](limits)
+    return PROTOCOLS[name](limits, prompt)
 
 
 __all__ = [

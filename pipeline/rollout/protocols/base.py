@@ -29,6 +29,7 @@ CONDITION_TOOLS: dict[str, tuple[str, ...]] = {
 }
 
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"  # Qwen-VL image slot in rendered text
+PROMPT_STYLES = ("full", "short")  # system-prompt variants (prompts.py): the full paper-style text, or a short one
 
 
 @dataclass
@@ -137,9 +138,12 @@ class Protocol:
     stop_strings: list[str] | None = None
     eos_text = "<|im_end|>"
 
-    def __init__(self, limits: Limits | None = None):
+    def __init__(self, limits: Limits | None = None, prompt: str = "full"):
+        if prompt not in PROMPT_STYLES:
+            raise ValueError(f"prompt style {prompt!r} is not one of {PROMPT_STYLES}")
         self.limits = limits or Limits()
         self.limits.validate()
+        self.prompt = prompt
 
     # ----------------------------------------------------------------- state and limits
     def new_state(self, condition: str = "tools") -> RolloutState:

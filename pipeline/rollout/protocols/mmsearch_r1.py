@@ -31,7 +31,7 @@ class MMSearchR1Protocol(Protocol):
         """One user turn: [image block] + instructions + the question. `embed_image=False` leaves an empty
         `{"type": "image"}` placeholder (TRL fills it from the dataset's `image`/`images` column)."""
         tools = condition_tools(condition)
-        text = prompts.tag_instructions(tools, self.limits, with_image) + f"\n\nQuestion: {item['question']}"
+        text = prompts.tag_instructions(tools, self.limits, with_image, self.prompt) + f"\n\nQuestion: {item['question']}"
         content: list[dict] = []
         if with_image:
             content.append({"type": "image", "image": image_bytes(item.get("image"))} if embed_image
@@ -42,7 +42,7 @@ class MMSearchR1Protocol(Protocol):
     def followup_text(self, question: str, tools_left: tuple[str, ...], last_turn: bool) -> str:
         """After the result blocks (inside <information>); the chat template renders the tool message as the
         paper's user turn."""
-        return f"Question: {question}\n" + prompts.tag_followup(tools_left, last_turn)
+        return f"Question: {question}\n" + prompts.tag_followup(tools_left, last_turn, self.prompt)
 
     def tool_call_to_text(self, call: Mapping[str, Any]) -> str:
         f = call.get("function", call)

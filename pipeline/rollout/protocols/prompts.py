@@ -3,6 +3,10 @@
 The paper's policy reasons first, then picks one action per turn: answer, image search (only in the first turn),
 or text search; search results come back in a user turn inside <information>, followed by the question and an
 instruction (on the last allowed turn: answer now). The direct-answer baseline answers from its own knowledge.
+
+Two styles (`rollout.prompt`): `full` spells the protocol out for a model that meets it for the first time (a capable
+VLM with no cold start); `short` only names the actions, for a labeler that was taught the protocol by the
+bootstrap's demonstrations (the demo's SmolLM2), and costs a quarter of the prompt tokens in every probe turn.
 """
 from __future__ import annotations
 
@@ -11,14 +15,31 @@ from pipeline.rollout.protocols.base import IMAGE_SEARCH, TEXT_SEARCH, Limits
 NO_IMAGE_NOTE = (
     "The image itself is not shown to you. An image search is the only way to find out what it shows."
 )
+SHORT_NO_IMAGE_NOTE = "You cannot see the image; image search can."
+
+
+def _short_actions(tools: tuple[str, ...], limits: Limits) -> str:
+    acts = ["<answer>a few words</answer>"]
+    if IMAGE_SEARCH in tools:
+        acts.append("<search><img></search> to search with the image" +
+                    (" (turn 1 only)" if limits.image_search_first_turn_only else ""))
+    if TEXT_SEARCH in tools:
+        acts.append("<text_search>query</text_search> to look a fact up")
+    return ", or ".join(acts)
 
 
 def _times(n: int) -> str:
     return "once" if n == 1 else f"at most {n} times"
 
 
-def tag_instructions(tools: tuple[str, ...], limits: Limits, with_image: bool) -> str:
+def tag_instructions(tools: tuple[str, ...], limits: Limits, with_image: bool, style: str = "full") -> str:
     """User-turn instructions of the tag protocol for the tools a condition offers (none = direct answer)."""
+    if style == "short":
+        note = "" if with_image else SHORT_NO_IMAGE_NOTE + " "
+        if not tools:
+            return note + "Answer from what you know: <reason>why</reason><answer>a few words</answer>."
+        return (note + "Each turn: <reason>why</reason>, then " + _short_actions(tools, limits)
+                + ". Search only when needed.")
     lines = []
     if not with_image:
         lines.append(NO_IMAGE_NOTE)
@@ -53,8 +74,13 @@ def tag_instructions(tools: tuple[str, ...], limits: Limits, with_image: bool) -
     return "\n".join(lines)
 
 
-def tag_followup(tools_left: tuple[str, ...], last_turn: bool) -> str:
+def tag_followup(tools_left: tuple[str, ...], last_turn: bool, style: str = "full") -> str:
     """Instruction after a search result (tag protocol)."""
+    if style == "short":
+        if last_turn or not tools_left:
+            return "Last turn: <reason>why</reason><answer>a few words</answer>."
+        return "<reason>why</reason>, then <answer>a few words</answer>" + (
+            ", or <text_search>query</text_search>." if TEXT_SEARCH in tools_left else ".")
     if last_turn or not tools_left:
         return ("This is your last turn: no more searches. Think inside <reason> </reason>, then give your final "
                 "answer inside <answer> </answer>.")
@@ -65,8 +91,12 @@ def tag_followup(tools_left: tuple[str, ...], last_turn: bool) -> str:
             + ", or ".join(options) + ".")
 
 
-def tool_system_prompt(tools: tuple[str, ...], limits: Limits, with_image: bool) -> str:
+def tool_system_prompt(tools: tuple[str, ...], limits: Limits, with_image: bool, style: str = "full") -> str:
     """System turn of the native tool-calling protocol."""
+    if style == "short":
+        note = "" if with_image else SHORT_NO_IMAGE_NOTE + " "
+        return note + ("Call a search function only when needed. " if tools else "") + \
+            "Answer inside <answer> </answer>."
     parts = ["You answer questions about images."]
     if not with_image:
         parts.append(NO_IMAGE_NOTE)
@@ -87,7 +117,9 @@ def tool_system_prompt(tools: tuple[str, ...], limits: Limits, with_image: bool)
     return " ".join(parts)
 
 
-def tool_followup(tools_left: tuple[str, ...], last_turn: bool) -> str:
+def tool_followup(tools_left: tuple[str, ...], last_turn: bool, style: str = "full") -> str:
     if last_turn or not tools_left:
-        return "This is your last turn: no more searches. Give your final answer inside <answer> </answer>."
-    return "Use these results. Answer inside <answer> </answer>, or call text_search if a fact is still missing."
+        return ("Last turn: answer inside <answer> </answer>." if style == "short" else
+                "This is your last turn: no more searches. Give your final answer inside <answer> </answer>.")
+    return ("Answer inside <answer> </answer>, or call text_search." if style == "short" else
+            "Use these results. Answer inside <answer> </answer>, or call text_search if a fact is still missing.")

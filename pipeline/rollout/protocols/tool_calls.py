@@ -39,11 +39,11 @@ class ToolCallsProtocol(Protocol):
             content.append({"type": "image", "image": image_bytes(item.get("image"))} if embed_image
                            else {"type": "image"})
         content.append({"type": "text", "text": str(item["question"])})
-        return [{"role": "system", "content": prompts.tool_system_prompt(tools, self.limits, with_image)},
+        return [{"role": "system", "content": prompts.tool_system_prompt(tools, self.limits, with_image, self.prompt)},
                 {"role": "user", "content": content}]
 
     def followup_text(self, question: str, tools_left: tuple[str, ...], last_turn: bool) -> str:
-        return f"\nQuestion: {question}\n" + prompts.tool_followup(tools_left, last_turn)
+        return f"\nQuestion: {question}\n" + prompts.tool_followup(tools_left, last_turn, self.prompt)
 
     def tool_call_to_text(self, call: Mapping[str, Any]) -> str:
         f = call.get("function", call)
