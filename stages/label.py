@@ -73,8 +73,9 @@ def run(params: Params, args) -> int:
     print(f"label: {metrics['probed']} probed items -> " + ", ".join(f"{k} {metrics['counts'][k]}" for k in LABELS)
           + f"; {metrics['labelled']} labelled, {metrics['excluded']} excluded -> {folder}")
     if key_metrics["items"]:
-        print(f"label: answer key: {key_metrics['correct']}/{key_metrics['labelled']} labelled items right "
-              f"(accuracy {key_metrics['accuracy']}), {key_metrics['uncertain']} uncertain")
+        print(f"label: answer key: {key_metrics['correct']} of {key_metrics['labelled']} keyed items given their key's "
+              f"label (accuracy {key_metrics['accuracy']}; unanswerable counts, {key_metrics['uncertain']} uncertain "
+              f"left aside)")
     ref = metrics["reference"]
     if ref["items"]:
         print(f"label: {ref['items']} items carry a reference label; agreement {ref['agreement']} "
