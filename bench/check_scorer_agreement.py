@@ -44,7 +44,7 @@ def main() -> int:
                                            "error"]).to_pylist()
         by_cond: dict[str, list[dict]] = {}
         for r in rows:
-            if not r["error"]:  # engine failures have no trajectory
+            if not str(r["error"] or "").startswith("engine:"):  # engine failures have no trajectory
                 by_cond.setdefault(r["condition"], []).append(r)
         for cond, rs in by_cond.items():
             fmt = REGISTRY["format"](train, protocol, cond)
