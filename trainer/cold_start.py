@@ -5,7 +5,8 @@ protocol with the same code and the `bootstrap:` settings:
 - `BootstrapParams`: the `bootstrap:` section (the rollout settings come from `rollout:`).
 - `bootstrap(params, make_tools)`: (1) what each item needs (its answer key, or for items without one what the base
   model answers without search, greedy); (2) demonstrations (pipeline/bootstrap.py) on all but a held-out slice of
-  the bootstrap entities; (3) the supervised cold start (trainer/sft.py); (4) a check on the held-out items, greedy,
+  the bootstrap entities; (3) the supervised cold start (trainer/sft.py) on them and on the known slice of the
+  world (`facts`: plain-chat statements of what the key calls known, so the labeler keeps that knowledge); (4) a check on the held-out items, greedy,
   under the `tools` condition: does the labeler answer directly what it knows and search what it does not? Writes
   <out_dir>/model/ (an HF folder; when `enabled` is false it holds only model_ref.json pointing at the base model),
   <out_dir>/demos.jsonl (images as sha1 refs), <out_dir>/heldout.parquet (the check's rollouts) and
@@ -37,6 +38,10 @@ class BootstrapParams(RolloutParams):
     max_items: int = param(0, help="use at most this many bootstrap items (0 = all)")
     conditions: list[str] = param(["closed_book", "image_only", "text_only", "tools"],
                                   help="conditions demonstrated (the probe's): each item in those whose tools meet its need")
+    facts: str = param("", help="knowledge taught with the demonstrations (a parquet / JSON-lines file with columns "
+                       "question, statement: plain chat, no protocol), e.g. the demo world's known slice "
+                       "data/gather/demo/facts.parquet; '' = none")
+    fact_repeats: int = param(2, help="times each fact is shown per pass over the examples")
     holdout: float = param(0.2, help="share of the bootstrap entities kept out of the demonstrations and used to check "
                            "the labeler after the cold start (0 = no check)")
     seed: int = param(0, help="seed of the held-out choice")
@@ -44,6 +49,8 @@ class BootstrapParams(RolloutParams):
 
     def validate(self) -> None:
         RolloutParams.validate(self)
+        if self.fact_repeats < 0:
+            raise ValueError(f"fact_repeats must be >= 0, got {self.fact_repeats}")
         if self.enabled and self.protocol != "mmsearch_r1":
             raise ValueError("the demonstrations are written in the mmsearch_r1 tags: set rollout.protocol (or "
                              "bootstrap.protocol) to mmsearch_r1, or bootstrap.enabled to false")
@@ -95,7 +102,8 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     tmp = out / "model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    stats = cold_start(base, demos, tmp, protocol=protocol, params=params.cold_start, log=log)
+    facts = read_facts(params.facts) * params.fact_repeats if params.facts else []
+    stats = cold_start(base, demos, tmp, protocol=protocol, params=params.cold_start, log=log, facts=facts)
     tmp.rename(model_dir)
     check = check_heldout(str(model_dir), [it for it in items if it["id"] in heldout], protocol, tools, known,
                           params, out / "heldout.parquet") if heldout else {}
@@ -107,6 +115,20 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
                "search": {k: v for k, v in tools.metrics().items() if k in ("calls", "hits", "misses", "errors")}}
     write_json(metrics, out / "metrics.json")
     return metrics
+
+
+def read_facts(path: str) -> list[dict]:
+    """{"question", "statement"} rows of a facts file (parquet or JSON lines)."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise ValueError(f"bootstrap.facts: {path!r} is not a file; run the gather stage for the demo world, or set "
+                         "bootstrap.facts to '' (no knowledge taught)")
+    df = pd.read_json(path, lines=True) if str(path).endswith((".jsonl", ".json")) else pd.read_parquet(path)
+    missing = {"question", "statement"} - set(df.columns)
+    if missing:
+        raise ValueError(f"facts file {path}: missing column(s) {sorted(missing)}; it needs question and statement")
+    return [{"question": str(q), "statement": str(s)} for q, s in zip(df["question"], df["statement"])]
 
 
 def holdout_ids(items: list[dict], share: float, seed: int) -> set[str]:

@@ -1,18 +1,24 @@
 """Supervised cold start: fine-tune a model on protocol demonstrations, loss on assistant tokens only.
 
 - `encode_demo(tokenizer, protocol, messages)`: input ids and labels (-100 except on the assistant turns).
-- `cold_start(model_path, demos, output_dir, ...)`: a small torch loop (the top `train_layers` decoder layers are
-  trained, the rest frozen, to fit a CPU budget); writes an HF model folder whose tokenizer carries the protocol's
-  chat and response templates. The bootstrap stage and the train stage's optional cold start call it through
-  `trainer/cold_start.py`.
+- `encode_fact(tokenizer, question, statement)`: the same for one plain-chat fact (knowledge taught, not protocol).
+- `cold_start(model_path, demos, output_dir, ..., facts=...)`: TRL's `SFTTrainer` on the tokenised examples (TRL's
+  `assistant_masks` column: assistant-only loss; best-fit-decreasing packing, padding-free; bf16 autocast only where
+  the device computes bf16 natively; the top `train_layers` decoder layers trained, the rest frozen, to fit a CPU
+  budget); writes an HF model folder whose tokenizer carries the protocol's chat and response templates. The
+  bootstrap stage and the train stage's optional cold start call it through `trainer/cold_start.py`.
+
+Supports: text-only causal LMs (SmolLM2, Qwen2.5 text) with chat templates that are prefix-preserving. Does not
+support: images in the demonstrations (a VLM is taught on text turns only: image parts are dropped), LoRA, several
+processes (the bootstrap trains on the main process).
 
 Reads the model folder; writes only `output_dir`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
-import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,10 +38,14 @@ class ColdStartParams:
     weight_decay: float = param(0.0, help="AdamW weight decay")
     seed: int = param(0, help="shuffling and initialisation seed")
     threads: int = param(0, help="torch threads (0 = leave torch's default)")
+    precision: str = param("auto", help="auto: bf16 autocast where the device computes bf16 natively (AVX512_BF16 / "
+                           "AMX CPUs, bf16 GPUs), else fp32; or bf16 | fp32")
 
     def validate(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.batch_tokens < 64 or self.max_seq_len < 32:
             raise ValueError("steps >= 1, lr > 0, batch_tokens >= 64, max_seq_len >= 32")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -64,18 +74,40 @@ def encode_demo(tokenizer: Any, protocol: Any, messages: Sequence[dict], conditi
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Cold start
+# Cold start (TRL SFTTrainer)
 # ---------------------------------------------------------------------------------------------------------------
-def cold_start(model_path: str | Path, demos: Sequence[Mapping[str, Any]], output_dir: str | Path, steps: int | None = None,
-               protocol: Any = None, params: ColdStartParams | None = None, log=print) -> dict:
-    """Fine-tune `model_path` on `demos` (each with "messages" and optional "condition") for `steps` optimizer steps
-    with loss on assistant tokens only; save an HF folder to `output_dir` (tokenizer with the protocol's chat and
-    response templates). Returns metrics (steps, tokens, seconds, first/last loss, demos used/dropped)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def encode_fact(tokenizer: Any, question: str, statement: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one plain-chat exchange (no protocol, no system prompt of ours) that states a fact:
+    the known slice of the world is taught as knowledge, not as an answer to a probe question."""
+    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": statement}]
+    prompt = tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("chat template is not prefix-preserving; cannot mask the fact's question")
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], [t if a >= len(prompt) else -100 for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"])]
 
+
+def cold_start(model_path: str | Path, demos: Sequence[Mapping[str, Any]], output_dir: str | Path, steps: int | None = None,
+               protocol: Any = None, params: ColdStartParams | None = None, log=print,
+               facts: Sequence[Mapping[str, str]] = ()) -> dict:
+    """Fine-tune `model_path` with TRL's `SFTTrainer` on `demos` (each with "messages" and optional "condition") and
+    `facts` ({"question", "statement"}: knowledge taught in plain chat) for `steps` optimizer steps.
+
+    The examples go in tokenised, with TRL's `assistant_masks` column (loss on assistant tokens only), packed
+    best-fit-decreasing into rows of `max_seq_len` tokens (padding-free), `batch_tokens // max_seq_len` rows per step;
+    bf16 autocast where the device computes bf16 natively (`precision` auto, pipeline/hardware.py). Saves an HF folder
+    to `output_dir` (tokenizer with the protocol's chat and response templates). Returns metrics (steps, tokens,
+    seconds, first/last loss, demos used/dropped, facts, precision)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from pipeline.hardware import training_bf16
     from pipeline.models import load_processor
     from pipeline.rollout.protocols import get_protocol
+    from trainer.config import no_gpu
 
     params = params or ColdStartParams()
     steps = steps or params.steps
@@ -85,68 +117,78 @@ def cold_start(model_path: str | Path, demos: Sequence[Mapping[str, Any]], outpu
     torch.manual_seed(params.seed)
     tok = load_processor(str(model_path))
     tok = getattr(tok, "tokenizer", tok)
-    encoded, dropped = [], 0
-    for d in demos:
-        ids, labels = encode_demo(tok, protocol, d["messages"], d.get("condition", "tools"))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    encoded, dropped, n_facts = [], 0, 0
+    examples = [(False, encode_demo(tok, protocol, d["messages"], d.get("condition", "tools"))) for d in demos] + \
+        [(True, encode_fact(tok, f["question"], f["statement"])) for f in facts]
+    for is_fact, (ids, labels) in examples:
         if len(ids) > params.max_seq_len or all(x == -100 for x in labels):
             dropped += 1
             continue
-        encoded.append((ids, labels))
+        encoded.append((ids, [int(x != -100) for x in labels]))
+        n_facts += is_fact
     if not encoded:
         raise ValueError("no demonstration fits max_seq_len; raise bootstrap.cold_start.max_seq_len")
+    train = datasets.Dataset.from_dict({"input_ids": [e[0] for e in encoded], "assistant_masks": [e[1] for e in encoded]})
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    model.train()
-    trainable = _select_trainable(model, params.train_layers)
-    opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
-    rng = random.Random(params.seed)
-    order: list[int] = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    losses, tokens, t0 = [], 0, time.perf_counter()
-    for step in range(steps):
-        batch: list[tuple[list[int], list[int]]] = []
-        while True:
-            if not order:
-                order = list(range(len(encoded)))
-                rng.shuffle(order)
-            cand = encoded[order[-1]]
-            width = max([len(b[0]) for b in batch] + [len(cand[0])])
-            if batch and width * (len(batch) + 1) > params.batch_tokens:
-                break
-            batch.append(cand)
-            order.pop()
-        width = max(len(b[0]) for b in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        lab = torch.full((len(batch), width), -100, dtype=torch.long)
-        att = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (a, b) in enumerate(batch):
-            ids[i, :len(a)] = torch.tensor(a)
-            lab[i, :len(b)] = torch.tensor(b)
-            att[i, :len(a)] = 1
-        loss = _assistant_loss(model, ids, att, lab)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        tokens += int(att.sum())
-        if log and (step % 10 == 0 or step == steps - 1):
-            log(f"cold start step {step + 1}/{steps} loss {losses[-1]:.4f} "
-                f"({tokens / (time.perf_counter() - t0):.0f} tok/s)")
-    seconds = time.perf_counter() - t0
+    _select_trainable(model, params.train_layers)
+    bf16 = training_bf16(params.precision)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.to(torch.bfloat16)
+    cfg = SFTConfig(
+        output_dir=str(out / "_trainer"), max_steps=steps, learning_rate=params.lr, lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 10), weight_decay=params.weight_decay, max_grad_norm=1.0, seed=params.seed,
+        per_device_train_batch_size=max(1, params.batch_tokens // params.max_seq_len), max_length=params.max_seq_len,
+        packing=True, packing_strategy="bfd", shuffle_dataset=True, bf16=bf16, use_cpu=no_gpu(),
+        gradient_checkpointing=False,  # TRL's default recomputes every layer: 25% slower, and memory is no issue here
+        logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=log is None)
+    tokens: list[int] = []
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if log and logs and "loss" in logs and (state.global_step % 10 == 1 or state.global_step == steps):
+                log(f"cold start step {state.global_step}/{steps} loss {logs['loss']:.4f}")
+
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=train, processing_class=tok, callbacks=[Progress()])
+    count = trainer.data_collator
+
+    def counting(examples):
+        tokens.append(sum(len(e["input_ids"]) for e in examples))
+        return count(examples)
+
+    trainer.data_collator = counting
+    t0 = time.perf_counter()
+    with _score_labelled_positions_only():
+        trainer.train()
+    seconds = time.perf_counter() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model = trainer.model.to(torch.bfloat16)
     model.save_pretrained(out)
     protocol.prepare_tokenizer(tok)
     tok.save_pretrained(out)
-    return {"steps": steps, "demos_used": len(encoded), "demos_dropped": dropped, "train_tokens": tokens,
-            "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
-            "loss_first": round(sum(losses[:5]) / len(losses[:5]), 4),
-            "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4)}
+    shutil.rmtree(out / "_trainer", ignore_errors=True)
+    n_tokens = sum(tokens)
+    return {"steps": steps, "demos_used": len(encoded) - n_facts, "facts_used": n_facts, "dropped": dropped,
+            "train_tokens": n_tokens,
+            "precision": "bf16" if bf16 else "fp32", "seconds": round(seconds, 2),
+            "tokens_per_s": round(n_tokens / seconds, 1) if seconds else 0.0,
+            "loss_first": round(sum(losses[:5]) / len(losses[:5]), 4) if losses else None,
+            "loss_last": round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else None}
+
+
+@contextlib.contextmanager
+def _score_labelled_positions_only():
+    """TRL's fused LM head scores only the positions with a label on Triton devices and every position elsewhere
+    (against Neuron recompilations). On a CPU that projects the 49k-token vocabulary for the prompt and tool-result
+    tokens too (85% of a demonstration) and made a step 3x slower; CPUs do not recompile, so compact there too."""
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def _select_trainable(model: Any, train_layers: int) -> list:
@@ -168,16 +210,4 @@ def _decoder_layers(model: Any):
     return getattr(inner, "layers", None)
 
 
-def _assistant_loss(model: Any, ids, att, lab):
-    """Cross-entropy on labelled positions only; the LM head runs just on those (most tokens are prompt)."""
-    import torch
-
-    hidden = model.model(input_ids=ids, attention_mask=att).last_hidden_state
-    target = lab[:, 1:]
-    pos = target != -100
-    h = hidden[:, :-1][pos]
-    logits = model.lm_head(h).float()
-    return torch.nn.functional.cross_entropy(logits, target[pos])
-
-
-__all__ = ["ColdStartParams", "cold_start", "encode_demo"]
+__all__ = ["ColdStartParams", "cold_start", "encode_demo", "encode_fact"]

@@ -22,7 +22,9 @@ facts in between are not asked. The item kinds:
   photo_fact                      facts about real scikit-image photos                 image or mixed
 Countries are split, seeded and stratified by knowledge, into a bootstrap pool and a probe pool; bootstrap rows
 (split "bootstrap") use only bootstrap countries and easy-vqa images no other row uses, so no bootstrap entity
-appears in any probed item. `write_corpora` writes data/corpora/passages.parquet (Wikipedia summaries + one fact
+appears in any probed item. The known slice (`known_facts`: every capital and region the labeler knows, in plain
+chat) is written for the cold start to teach, so that what the key calls known is knowledge the labeler keeps after
+its fine-tuning. `write_corpora` writes data/corpora/passages.parquet (Wikipedia summaries + one fact
 passage per country) and data/corpora/images.parquet (clean flags and photos). `build_demo_world` does it all.
 Query images are seeded re-photographs (`rephoto`), so they are never byte-identical to corpus images.
 """
@@ -71,15 +73,15 @@ COUNTRY_KINDS = tuple(KINDS)
 @dataclasses.dataclass
 class DemoParams:
     seed: int = param(0, help="seed of every random choice in the demo world (pools, sampling, photo jitter)")
-    named_capital_known: int = param(70, help="probe items: capital of a named country the labeler knows (need: none)")
-    named_region_known: int = param(40, help="probe items: region of a named country the labeler knows (need: none)")
-    named_capital_unknown: int = param(60, help="probe items: capital of a named country it does not know (need: text)")
-    named_currency: int = param(40, help="probe items: currency code of a named country (need: text)")
+    named_capital_known: int = param(68, help="probe items: capital of a named country the labeler knows (need: none)")
+    named_region_known: int = param(50, help="probe items: region of a named country the labeler knows (need: none)")
+    named_capital_unknown: int = param(30, help="probe items: capital of a named country it does not know (need: text)")
+    named_currency: int = param(70, help="probe items: currency code of a named country (need: text)")
     flag_country: int = param(50, help="probe items: which country's flag is shown (need: image)")
-    flag_capital_known: int = param(50, help="probe items: known capital of the flag's country (need: image)")
-    flag_region_known: int = param(0, help="probe items: known region of the flag's country (need: image)")
-    flag_capital_unknown: int = param(60, help="probe items: unknown capital of the flag's country (need: mixed)")
-    flag_currency: int = param(30, help="probe items: currency code of the flag's country (need: mixed)")
+    flag_capital_known: int = param(40, help="probe items: known capital of the flag's country (need: image)")
+    flag_region_known: int = param(20, help="probe items: known region of the flag's country (need: image)")
+    flag_capital_unknown: int = param(30, help="probe items: unknown capital of the flag's country (need: mixed)")
+    flag_currency: int = param(70, help="probe items: currency code of the flag's country (need: mixed)")
     visual: int = param(20, help="probe items: purely visual easy-vqa questions (need: visual)")
     photo_fact: int = param(0, help="probe items: facts about real scikit-image photos (at most 9)")
     bootstrap_countries: int = param(40, help="countries reserved for the bootstrap split, half known, half not "
@@ -271,6 +273,28 @@ def _photo_rows(params: DemoParams) -> Iterator[dict]:
         )
 
 
+FACT_STATEMENT = {
+    "capital": ("What do you know about the capital of {name}?", "The capital of {name} is {answer}."),
+    "region": ("What do you know about where {name} is?", "{name} is in {answer}."),
+}
+
+
+def known_facts(params: DemoParams) -> list[dict]:
+    """The known slice of the world, taught during the cold start: every (country, fact) the labeler answers right
+    greedily (`knows` is True), capital and region, stated in plain chat ({"entity", "fact", "question",
+    "statement", "answer"}). By construction no text or mixed item asks one of these facts (those ask facts it does
+    not know), so teaching them never teaches an answer that a search-required item needs."""
+    knowledge = load_knowledge(params.knowledge)
+    rows = []
+    for c in demo_data.countries():
+        for fact, (question, statement) in FACT_STATEMENT.items():
+            answer = {"capital": c.capital, "region": c.region}[fact]
+            if answer and knows(knowledge, fact, c.name) is True:
+                rows.append({"entity": c.name, "fact": fact, "question": question.format(name=c.name),
+                             "statement": statement.format(name=c.name, answer=answer), "answer": answer})
+    return rows
+
+
 def read_demo(params: DemoParams) -> Iterator[dict]:
     """All raw rows of the demo world, probe items first, then the bootstrap split; deterministic order."""
     probe, boot = split_countries(params)
@@ -288,8 +312,11 @@ def build_demo_world(
 ) -> dict:
     """Gather the demo world into <data_dir>/gather/demo/ and write the corpora to <data_dir>/corpora/.
 
-    Writes items.parquet, bootstrap.parquet, quarantine.parquet, metrics.json (returned, with corpus counts).
+    Writes items.parquet, bootstrap.parquet, quarantine.parquet, facts.parquet (the known slice, `known_facts`),
+    metrics.json (returned, with corpus counts).
     """
+    import pandas as pd
+
     from pipeline.gather.collect import gather_rows, write_outputs
     from pipeline.gather.demo_corpora import write_corpora
     from pipeline.io import write_json
@@ -301,6 +328,10 @@ def build_demo_world(
                          partition_size=partition_size)
     result.splits.setdefault("bootstrap", [])
     metrics = write_outputs(result, data_dir / "gather" / "demo")
+    facts = known_facts(params)
+    pd.DataFrame(facts, columns=["entity", "fact", "question", "statement", "answer"]).to_parquet(
+        data_dir / "gather" / "demo" / "facts.parquet", index=False)
+    metrics["known_facts"] = len(facts)
     metrics.update(write_corpora(data_dir / "corpora", params.seed, params.wiki_passages, image))
     write_json(metrics, data_dir / "gather" / "demo" / "metrics.json")
     return metrics
