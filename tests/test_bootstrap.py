@@ -29,10 +29,22 @@ def test_bootstrap_writes_a_labeler_that_speaks_the_protocol(world, tiny_text_mo
 
     from pipeline.models import model_info, resolve_model
 
+    import pandas as pd
+
+    facts = tmp_path / "facts.parquet"
+    pd.DataFrame({"question": ["What do you know about the capital of Peru?", "Where is Chile?"],
+                  "statement": ["The capital of Peru is Lima.", "Chile is in Americas."]}).to_parquet(facts)
     params = build(BootstrapParams, {"items": str(world.train_file), "out_dir": str(tmp_path / "boot"),
-                                     "base_model": str(tiny_text_model_path), "search_k": 2,
+                                     "base_model": str(tiny_text_model_path), "search_k": 2, "facts": str(facts),
+                                     "fact_repeats": 3,
                                      "cold_start": {"steps": 2, "batch_tokens": 1024, "train_layers": 0}})
     metrics = bootstrap(params, _tools(world), log=None)
+    # the demonstrations and 3 copies of each fact went into TRL's SFTTrainer, in the precision this CPU picks
+    from pipeline.hardware import training_bf16
+
+    assert metrics["cold_start"]["facts_used"] == 6 and metrics["cold_start"]["demos_used"] == metrics["n_demonstrations"]
+    assert metrics["cold_start"]["precision"] == ("bf16" if training_bf16() else "fp32")
+    assert metrics["cold_start"]["train_tokens"] > 0
     out = tmp_path / "boot"
     demos = [json.loads(line) for line in (out / "demos.jsonl").read_text().splitlines()]
     assert metrics["n_demonstrations"] == len(demos) == sum(metrics["demonstrations"].values())
@@ -49,6 +61,25 @@ def test_bootstrap_writes_a_labeler_that_speaks_the_protocol(world, tiny_text_mo
     assert resolve_model(str(out / "model")) == str(out / "model") and not model_info(out / "model")["is_vlm"]
     assert AutoTokenizer.from_pretrained(out / "model").chat_template == params.make_protocol().chat_template
     assert not (out / "model.tmp").exists()
+
+
+def test_fact_loss_covers_the_statement_only(tiny_text_model_path):
+    """A fact is plain chat (no protocol system prompt); the loss mask covers the assistant statement, not the
+    question; a demonstration's mask covers its assistant turns only."""
+    from pipeline.models import load_processor
+    from pipeline.rollout.protocols import get_protocol
+    from trainer.sft import encode_demo, encode_fact
+
+    tok = load_processor(str(tiny_text_model_path))
+    tok = getattr(tok, "tokenizer", tok)
+    ids, labels = encode_fact(tok, "What do you know about the capital of Peru?", "The capital of Peru is Lima.")
+    learned = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert "The capital of Peru is Lima." in learned and "Peru?" not in learned
+    assert "search" not in tok.decode(ids)  # no protocol prompt around a fact
+    msgs = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "<reason>r</reason><answer>A</answer>"}]
+    ids, labels = encode_demo(tok, get_protocol("mmsearch_r1"), msgs, "closed_book")
+    learned = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert learned.startswith("<reason>r</reason><answer>A</answer>") and "Q?" not in learned
 
 
 def test_disabled_bootstrap_points_at_the_base_model(tiny_text_model_path, tmp_path):

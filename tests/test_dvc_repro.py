@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the tiny profile changes in params.yaml (merged key by key); everything else is the embedded default.
 TINY = {
     "gather": {"demo": {"named_capital_known": 4, "named_region_known": 2, "named_capital_unknown": 4,
-                        "named_currency": 2, "flag_country": 4, "flag_capital_known": 3, "flag_capital_unknown": 3,
+                        "named_currency": 2, "flag_country": 4, "flag_capital_known": 3, "flag_region_known": 2, "flag_capital_unknown": 3,
                         "flag_currency": 2, "visual": 2, "bootstrap_countries": 4, "bootstrap_visual": 2,
                         "wiki_passages": 50}},
     # the packaged SmolLM2 (a random tiny model labels everything unanswerable and leaves nothing to balance)
-    "bootstrap": {"cold_start": {"steps": 12}},
+    "bootstrap": {"cold_start": {"steps": 12}, "fact_repeats": 1},
     "probe": {"samples": 4, "batch_items": 16, "engine": {"kind": "transformers", "max_batch": 32}},
     "balance": {"fractions": {"train": 0.5, "validation": 0.1, "test": 0.4}},
     "train": {"max_steps": 1, "max_items": 2, "samples": 2, "per_device_train_batch_size": 2,

@@ -21,7 +21,7 @@ from pipeline.gather.demo import (COUNTRY_KINDS, KINDS, DemoParams, build_demo_w
 
 SMALL = DemoParams(seed=7).small()
 FILES = ("gather/demo/items.parquet", "gather/demo/bootstrap.parquet", "gather/demo/quarantine.parquet",
-         "gather/demo/metrics.json", "corpora/passages.parquet", "corpora/images.parquet")
+         "gather/demo/metrics.json", "gather/demo/facts.parquet", "corpora/passages.parquet", "corpora/images.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,30 @@ def test_answer_key_follows_the_measured_knowledge(world):
             assert need == "mixed" and r["entity"] not in r["question"], r
             assert knows(knowledge, fact, r["entity"]) is False, r
     assert seen == {"none", "image", "text", "mixed"}
+
+
+def test_known_slice_teaches_no_answer_a_search_item_needs(world):
+    """facts.parquet holds exactly the facts the labeler knows (capital, region), and no text or mixed item asks one
+    of them: the cold start re-teaches what the key calls known and nothing a search-required item needs."""
+    import pandas as pd
+
+    knowledge = load_knowledge()
+    facts = pd.read_parquet(world / "gather/demo/facts.parquet")
+    assert len(facts) == json.loads((world / "gather/demo/metrics.json").read_text())["known_facts"] > 0
+    taught = set(zip(facts["entity"], facts["fact"]))
+    assert all(knows(knowledge, f, e) is True for e, f in taught)
+    assert {f for _, f in taught} == {"capital", "region"}
+    want = {(c.name, f) for c in demo_data.countries() for f in ("capital", "region")
+            if knows(knowledge, f, c.name) is True and (c.capital if f == "capital" else c.region)}
+    assert taught == want
+    for e, st, a in zip(facts["entity"], facts["statement"], facts["answer"]):
+        assert e in st and st.endswith(f"{a}.")
+    rows = pq.read_table(world / "gather/demo/items.parquet").to_pylist() + \
+        pq.read_table(world / "gather/demo/bootstrap.parquet").to_pylist()
+    asked = [(r["entity"], KINDS[r["category"]][1], json.loads(r["meta"])["expected_need"]) for r in rows
+             if r["category"] in KINDS]
+    assert any(n == "none" and (e, f) in taught for e, f, n in asked)
+    assert not [x for x in asked if x[2] in ("text", "mixed") and (x[0], x[1]) in taught]
 
 
 def test_deterministic_and_independent_of_scheduler(world, tmp_path):

@@ -11,7 +11,8 @@ shared protocol and search tools:
   The text query is the question, or the top image-search title followed by the question
   (`rag.text_query`); `RagProtocol` (a thin wrapper of the protocol) remembers, per tool message it renders,
   the question and the result titles so the engine wrapper can build that query. The workflow runs under fixed
-  limits: 3 turns, 1 image search (first turn), 1 text search.
+  limits: 3 turns, 1 image search (first turn), 1 text search; the text search's result asks for the answer
+  (the protocol's last-turn follow-up).
 
 `run_mode` returns evaluation rollout rows: ROLLOUT_FEATURES plus `dataset` and `label`, with `condition` = the mode
 and `model` = the model's name from params. Reads and writes nothing (the search cache is the tools' business).
@@ -32,9 +33,11 @@ MODES = ("direct", "rag", "on_demand")
 # Loop condition of each mode (the protocol maps `direct` to no tools and `on_demand` to image + text search).
 MODE_CONDITION = {"direct": "direct", "rag": "on_demand", "on_demand": "on_demand"}
 RAG_LIMITS = Limits(max_turns=3, max_image_search=1, image_search_first_turn_only=True, max_text_search=1)
+# The forced turns' reasons read like the model's own (a small model continues whatever pattern it is shown: with
+# "Fixed retrieval workflow, step 1/2: ..." it wrote "step 3: search with the image" instead of answering).
 RAG_REASONS = {
-    IMAGE_SEARCH: "Fixed retrieval workflow, step 1: search the web with the image.",
-    TEXT_SEARCH: "Fixed retrieval workflow, step 2: search the web for text about the question.",
+    IMAGE_SEARCH: "I search with the image first.",
+    TEXT_SEARCH: "Now I look the question up.",
 }
 
 EVAL_ROLLOUT_FEATURES = datasets.Features(
@@ -66,8 +69,11 @@ class RagProtocol:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def tool_result_message(self, result: Any, question: str, *args: Any, **kwargs: Any) -> dict:
-        msg = self._inner.tool_result_message(result, question, *args, **kwargs)
+    def tool_result_message(self, result: Any, question: str, turn: int, last_turn: bool, *args: Any,
+                            **kwargs: Any) -> dict:
+        # the workflow's text search is its last search: its result asks for the answer now, as the paper's does
+        last_turn = last_turn or kwargs.get("tool") == TEXT_SEARCH
+        msg = self._inner.tool_result_message(result, question, turn, last_turn, *args, **kwargs)
         titles = [h.title for h in getattr(result, "hits", None) or []] if not getattr(result, "error", "") else []
         self.notes[id(msg)] = (msg, question, titles)  # the message is kept so its id stays unique
         return msg
