@@ -101,3 +101,16 @@ def test_bootstrap_refuses_the_tool_calls_protocol_and_train_cold_start_follows_
     train = build(TrainParams, {"protocol": "tool_calls", "output_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="mmsearch_r1 tags"):  # the training's rollout settings win
         cold_start_policy(train, BootstrapParams(), lambda: pytest.fail("checked before any work"))
+
+
+def test_balance_by_need_repeats_the_rare_needs_up_to_the_common_one():
+    from collections import Counter
+
+    from trainer.cold_start import balance_by_need
+
+    demos = [{"kind": "none", "i": i} for i in range(8)] + [{"kind": "image", "i": i} for i in range(5)] + \
+        [{"kind": "mixed", "i": i} for i in range(2)]
+    out = balance_by_need(demos, seed=0)
+    assert out[:len(demos)] == demos and Counter(d["kind"] for d in out) == {"none": 8, "image": 8, "mixed": 8}
+    assert Counter(d["i"] for d in out if d["kind"] == "mixed") == {0: 4, 1: 4}  # whole copies first
+    assert balance_by_need(demos, seed=0) == out and balance_by_need([], 0) == []

@@ -42,6 +42,10 @@ class BootstrapParams(RolloutParams):
                        "question, statement: plain chat, no protocol), e.g. the demo world's known slice "
                        "data/gather/demo/facts.parquet; '' = none")
     fact_repeats: int = param(2, help="times each fact is shown per pass over the examples")
+    balance_needs: bool = param(True, help="repeat demonstrations so every need (none, image, text, mixed) is shown "
+                                "about as often as the most common one: a mixed item is demonstrated in one condition "
+                                "(tools), a known one in four, and unbalanced the labeler answers a mixed question "
+                                "with the flag's country (the image pattern it saw four times as often)")
     holdout: float = param(0.2, help="share of the bootstrap entities kept out of the demonstrations and used to check "
                            "the labeler after the cold start (0 = no check)")
     seed: int = param(0, help="seed of the held-out choice")
@@ -103,18 +107,40 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     if tmp.exists():
         shutil.rmtree(tmp)
     facts = read_facts(params.facts) * params.fact_repeats if params.facts else []
-    stats = cold_start(base, demos, tmp, protocol=protocol, params=params.cold_start, log=log, facts=facts)
+    shown = balance_by_need(demos, params.seed) if params.balance_needs else demos
+    stats = cold_start(base, shown, tmp, protocol=protocol, params=params.cold_start, log=log, facts=facts)
     tmp.rename(model_dir)
     check = check_heldout(str(model_dir), [it for it in items if it["id"] in heldout], protocol, tools, known,
                           params, out / "heldout.parquet") if heldout else {}
     if log and check:
         log(f"bootstrap: held-out check {check}")
+    shown_by_need = {k: sum(d["kind"] == k for d in shown) for k in sorted({d["kind"] for d in shown})}
     metrics = {"enabled": True, "base_model": params.base_model, "items": len(items), "heldout_items": len(heldout),
+               "demonstrations_shown_by_need": shown_by_need,
                "items_without_key": len(keyless), "base_closed_book_known": sum(known.values()),
                "demonstrations": counts, "n_demonstrations": len(demos), "cold_start": stats, "heldout_check": check,
                "search": {k: v for k, v in tools.metrics().items() if k in ("calls", "hits", "misses", "errors")}}
     write_json(metrics, out / "metrics.json")
     return metrics
+
+
+def balance_by_need(demos: list[dict], seed: int) -> list[dict]:
+    """`demos` with each need's demonstrations repeated (whole copies, then a seeded sample of them) up to the count of
+    the most common need; the order is the input's, copies after the originals."""
+    import random
+    from collections import defaultdict
+
+    by_need: dict[str, list[dict]] = defaultdict(list)
+    for d in demos:
+        by_need[d["kind"]].append(d)
+    most = max((len(v) for v in by_need.values()), default=0)
+    rng = random.Random(seed)
+    out = list(demos)
+    for need in sorted(by_need):
+        group = by_need[need]
+        extra = most - len(group)
+        out += group * (extra // len(group)) + rng.sample(group, extra % len(group))
+    return out
 
 
 def read_facts(path: str) -> list[dict]:
