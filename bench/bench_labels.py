@@ -11,7 +11,7 @@ rule (`label_rule:`), one engine for every run:
    With --evidence, the first seed's rollouts are read from that probe output (data/probe/*/evidence.parquet of a
    finished `dvc repro`, which ran with probe.seed = the first seed) instead of being played again;
 2. agreement of the labels of the first two seeds (uncertain counts as a label);
-3. on --fixed-items of them: every condition with K = --fixed-k rollouts (no cascade, no early stop) labelled by the
+3. on --fixed-items of them (a seeded choice spread over the file, so every kind of item is in it): every condition with K = --fixed-k rollouts (no cascade, no early stop) labelled by the
    same rule, against the adaptive labels of the first seed on the same items: agreement, and how many times fewer
    rollouts the adaptive cascade played.
 Prints one JSON object (with the machine); writes nothing but the search cache.
@@ -109,7 +109,7 @@ def main() -> None:
         a, b = runs[args.seeds[0]][1], runs[args.seeds[1]][1]
         out["seed_agreement"] = round(sum(a[i] == b[i] for i in ids) / len(ids), 4)
     if args.fixed_items:
-        sub = items[: args.fixed_items]
+        sub = [items[i] for i in select_items(ids, args.fixed_items, args.seeds[0])]  # spread over every kind
         sub_ids = {it["id"] for it in sub}
         full = dataclasses.replace(params, seed=args.seeds[0], samples=args.fixed_k, cascade=False,
                                    adaptive=AdaptiveParams(enabled=False))
