@@ -11,9 +11,9 @@ rule (`label_rule:`), one engine for every run:
    With --evidence, the first seed's rollouts are read from that probe output (data/probe/*/evidence.parquet of a
    finished `dvc repro`, which ran with probe.seed = the first seed) instead of being played again;
 2. agreement of the labels of the first two seeds (uncertain counts as a label);
-3. on --fixed-items of them (a seeded choice spread over the file, so every kind of item is in it): every condition with K = --fixed-k rollouts (no cascade, no early stop) labelled by the
-   same rule, against the adaptive labels of the first seed on the same items: agreement, and how many times fewer
-   rollouts the adaptive cascade played.
+3. on --fixed-items of them (a seeded choice spread over the file, so every kind of item is in it): every condition
+   with K = --fixed-k rollouts (no cascade, no early stop) labelled by the same rule, against the adaptive labels of
+   the first seed on the same items: agreement, and how many times fewer rollouts the adaptive cascade played.
 Prints one JSON object (with the machine); writes nothing but the search cache.
 """
 from __future__ import annotations
@@ -95,15 +95,15 @@ def main() -> None:
     for seed in args.seeds:
         p = dataclasses.replace(params, seed=seed)
         if args.evidence and seed == args.seeds[0]:
-            rows, secs = read_evidence(args.evidence, set(ids)), float("nan")
+            rows, secs = read_evidence(args.evidence, set(ids)), None  # played by the probe stage, not timed here
         else:
             rows, secs = probe_all(engine, protocol, tools, items, p, model)
         labels = labels_of(rows, ids, p)
         key, _ = compare([{"id": it["id"], "meta": it["meta"]} for it in items], labels,
                          {r["item_id"]: r["saw_image"] for r in rows})
         runs[seed] = (rows, labels)
-        out["runs"][str(seed)] = {"rollouts": len(rows), "seconds": round(secs, 1) if secs == secs else None, "accuracy": key["accuracy"],
-                                  "uncertain": key["uncertain"], "recall": key["recall"]}
+        out["runs"][str(seed)] = {"rollouts": len(rows), "seconds": None if secs is None else round(secs, 1),
+                                  "accuracy": key["accuracy"], "uncertain": key["uncertain"], "recall": key["recall"]}
         print(json.dumps({"seed": seed, **out["runs"][str(seed)]}), flush=True)
     if len(args.seeds) >= 2:
         a, b = runs[args.seeds[0]][1], runs[args.seeds[1]][1]
