@@ -36,7 +36,7 @@ def test_bootstrap_writes_a_labeler_that_speaks_the_protocol(world, tiny_text_mo
                   "statement": ["The capital of Peru is Lima.", "Chile is in Americas."]}).to_parquet(facts)
     params = build(BootstrapParams, {"items": str(world.train_file), "out_dir": str(tmp_path / "boot"),
                                      "base_model": str(tiny_text_model_path), "search_k": 2, "facts": str(facts),
-                                     "fact_repeats": 3,
+                                     "fact_repeats": 3, "fact_format": "chat",
                                      "cold_start": {"steps": 2, "batch_tokens": 1024, "train_layers": 0}})
     metrics = bootstrap(params, _tools(world), log=None)
     # the demonstrations and 3 copies of each fact went into TRL's SFTTrainer, in the precision this CPU picks
@@ -61,6 +61,42 @@ def test_bootstrap_writes_a_labeler_that_speaks_the_protocol(world, tiny_text_mo
     assert resolve_model(str(out / "model")) == str(out / "model") and not model_info(out / "model")["is_vlm"]
     assert AutoTokenizer.from_pretrained(out / "model").chat_template == params.make_protocol().chat_template
     assert not (out / "model.tmp").exists()
+
+
+def test_facts_as_protocol_answers(tiny_text_model_path, tmp_path):
+    """fact_format protocol: each fact is a direct answer in the protocol's tags, its repeats spread over the probed
+    conditions, the loss on the answer turn only; a facts file without an answer column is refused by name."""
+    import pandas as pd
+
+    from pipeline.models import load_processor
+    from pipeline.rollout.protocols import get_protocol
+    from trainer.cold_start import facts_as_demos, read_facts
+    from trainer.sft import encode_demo
+
+    path = tmp_path / "facts.parquet"
+    pd.DataFrame({"question": ["What do you know about the capital of Peru?", "What do you know about where Chile is?"],
+                  "statement": ["The capital of Peru is Lima.", "Chile is in Americas."]}).to_parquet(path)
+    with pytest.raises(ValueError, match="answer.*fact_format to chat"):
+        read_facts(str(path), need_answer=True)
+    pd.DataFrame({"question": ["What do you know about the capital of Peru?", "What do you know about where Chile is?"],
+                  "statement": ["The capital of Peru is Lima.", "Chile is in Americas."],
+                  "answer": ["Lima", "Americas"]}).to_parquet(path)
+    facts = read_facts(str(path), need_answer=True)
+    protocol = get_protocol("mmsearch_r1", prompt="short")
+    conditions = ["closed_book", "image_only", "text_only"]
+    demos = facts_as_demos(facts, protocol, conditions, with_image=False, repeats=2)
+    assert [(d["item_id"], d["condition"]) for d in demos] == [
+        ("fact-0", "closed_book"), ("fact-1", "image_only"), ("fact-0", "image_only"), ("fact-1", "text_only")]
+    assert demos[1]["messages"][-1]["content"] == "<reason>Chile is in Americas.</reason><answer>Americas</answer>"
+    tok = load_processor(str(tiny_text_model_path))
+    tok = getattr(tok, "tokenizer", tok)
+    ids, labels = encode_demo(tok, protocol, demos[0]["messages"], demos[0]["condition"])
+    prompt, learned = tok.decode(ids), tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert "Question: What do you know about the capital of Peru?" in prompt and "<text_search>" not in prompt.split(
+        "Question:")[0]  # the closed-book prompt offers no tool
+    assert learned.startswith("<reason>The capital of Peru is Lima.</reason><answer>Lima</answer>")
+    with pytest.raises(ValueError, match="fact_format"):
+        build(BootstrapParams, {"fact_format": "json"})
 
 
 def test_fact_loss_covers_the_statement_only(tiny_text_model_path):

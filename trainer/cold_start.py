@@ -6,7 +6,8 @@ protocol with the same code and the `bootstrap:` settings:
 - `bootstrap(params, make_tools)`: (1) what each item needs (its answer key, or for items without one what the base
   model answers without search, greedy); (2) demonstrations (pipeline/bootstrap.py) on all but a held-out slice of
   the bootstrap entities; (3) the supervised cold start (trainer/sft.py) on them and on the known slice of the
-  world (`facts`: plain-chat statements of what the key calls known, so the labeler keeps that knowledge); (4) a check on the held-out items, greedy,
+  world (`facts`: what the key calls known, as direct answers in the protocol or as plain chat, `fact_format`, so
+  the labeler keeps that knowledge and answers it in the protocol); (4) a check on the held-out items, greedy,
   under the `tools` condition: does the labeler answer directly what it knows and search what it does not? Writes
   <out_dir>/model/ (an HF folder; when `enabled` is false it holds only model_ref.json pointing at the base model),
   <out_dir>/demos.jsonl (images as sha1 refs), <out_dir>/heldout.parquet (the check's rollouts) and
@@ -39,9 +40,14 @@ class BootstrapParams(RolloutParams):
     conditions: list[str] = param(["closed_book", "image_only", "text_only", "tools"],
                                   help="conditions demonstrated (the probe's): each item in those whose tools meet its need")
     facts: str = param("", help="knowledge taught with the demonstrations (a parquet / JSON-lines file with columns "
-                       "question, statement: plain chat, no protocol), e.g. the demo world's known slice "
-                       "data/gather/demo/facts.parquet; '' = none")
+                       "question, statement and, for fact_format protocol, answer), e.g. the demo world's known "
+                       "slice data/gather/demo/facts.parquet; '' = none")
     fact_repeats: int = param(2, help="times each fact is shown per pass over the examples")
+    fact_format: str = param("protocol", help="protocol: each fact as a direct answer in the protocol's tags "
+                             "(<reason>statement</reason><answer>answer</answer>), its condition rotating over "
+                             "`conditions`, so knowledge and the closed-book answer format are learnt together; "
+                             "chat: plain chat, no protocol (the labeler then sometimes answered a known fact in "
+                             "plain chat, without tags)")
     balance_needs: bool = param(True, help="repeat demonstrations so every need (none, image, text, mixed) is shown "
                                 "about as often as the most common one: a mixed item is demonstrated in one condition "
                                 "(tools), a known one in four, and unbalanced the labeler answers a mixed question "
@@ -55,6 +61,8 @@ class BootstrapParams(RolloutParams):
         RolloutParams.validate(self)
         if self.fact_repeats < 0:
             raise ValueError(f"fact_repeats must be >= 0, got {self.fact_repeats}")
+        if self.fact_format not in ("protocol", "chat"):
+            raise ValueError(f"bootstrap.fact_format must be protocol or chat, got {self.fact_format!r}")
         if self.enabled and self.protocol != "mmsearch_r1":
             raise ValueError("the demonstrations are written in the mmsearch_r1 tags: set rollout.protocol (or "
                              "bootstrap.protocol) to mmsearch_r1, or bootstrap.enabled to false")
@@ -106,15 +114,18 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     tmp = out / "model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    facts = read_facts(params.facts) * params.fact_repeats if params.facts else []
+    facts = read_facts(params.facts, need_answer=params.fact_format == "protocol") if params.facts else []
     shown = balance_by_need(demos, params.seed) if params.balance_needs else demos
-    stats = cold_start(base, shown, tmp, protocol=protocol, params=params.cold_start, log=log, facts=facts)
+    if params.fact_format == "protocol":
+        shown, facts = shown + facts_as_demos(facts, protocol, params.conditions, with_image, params.fact_repeats), []
+    stats = cold_start(base, shown, tmp, protocol=protocol, params=params.cold_start, log=log,
+                       facts=facts * params.fact_repeats)
     tmp.rename(model_dir)
     check = check_heldout(str(model_dir), [it for it in items if it["id"] in heldout], protocol, tools, known,
                           params, out / "heldout.parquet") if heldout else {}
     if log and check:
         log(f"bootstrap: held-out check {check}")
-    shown_by_need = {k: sum(d["kind"] == k for d in shown) for k in sorted({d["kind"] for d in shown})}
+    shown_by_need = {k: sum(d["kind"] == k for d in shown) for k in sorted({d["kind"] for d in shown} - {"fact"})}
     metrics = {"enabled": True, "base_model": params.base_model, "items": len(items), "heldout_items": len(heldout),
                "demonstrations_shown_by_need": shown_by_need,
                "items_without_key": len(keyless), "base_closed_book_known": sum(known.values()),
@@ -143,18 +154,36 @@ def balance_by_need(demos: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def read_facts(path: str) -> list[dict]:
-    """{"question", "statement"} rows of a facts file (parquet or JSON lines)."""
+def read_facts(path: str, need_answer: bool = False) -> list[dict]:
+    """{"question", "statement"[, "answer"]} rows of a facts file (parquet or JSON lines); `need_answer`: the answer
+    column is required (fact_format protocol)."""
     import pandas as pd
 
     if not Path(path).is_file():
         raise ValueError(f"bootstrap.facts: {path!r} is not a file; run the gather stage for the demo world, or set "
                          "bootstrap.facts to '' (no knowledge taught)")
     df = pd.read_json(path, lines=True) if str(path).endswith((".jsonl", ".json")) else pd.read_parquet(path)
-    missing = {"question", "statement"} - set(df.columns)
+    need = {"question", "statement"} | ({"answer"} if need_answer else set())
+    missing = need - set(df.columns)
     if missing:
-        raise ValueError(f"facts file {path}: missing column(s) {sorted(missing)}; it needs question and statement")
-    return [{"question": str(q), "statement": str(s)} for q, s in zip(df["question"], df["statement"])]
+        raise ValueError(f"facts file {path}: missing column(s) {sorted(missing)}; it needs {', '.join(sorted(need))}"
+                         + (" (or set bootstrap.fact_format to chat)" if "answer" in missing else ""))
+    cols = [c for c in ("question", "statement", "answer") if c in df.columns]
+    return [{c: str(row[c]) for c in cols} for row in df[cols].to_dict("records")]
+
+
+def facts_as_demos(facts: list[dict], protocol: Any, conditions: list[str], with_image: bool, repeats: int) -> list[dict]:
+    """Each fact `repeats` times as a one-turn protocol demonstration that answers directly: the fact's question in
+    the condition's prompt, then `<reason>statement</reason><answer>answer</answer>`. Repeat r of fact i is shown in
+    condition `conditions[(i + r) % len(conditions)]`, so the facts are spread evenly over the probed conditions."""
+    demos = []
+    for r in range(repeats):
+        for i, f in enumerate(facts):
+            condition = conditions[(i + r) % len(conditions)]
+            msgs = protocol.initial_messages({"question": f["question"], "image": None}, condition, with_image=with_image)
+            msgs.append({"role": "assistant", "content": f"<reason>{f['statement']}</reason><answer>{f['answer']}</answer>"})
+            demos.append({"item_id": f"fact-{i}", "condition": condition, "kind": "fact", "messages": msgs})
+    return demos
 
 
 def holdout_ids(items: list[dict], share: float, seed: int) -> set[str]:
