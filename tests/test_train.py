@@ -235,3 +235,16 @@ def test_config_maps_onto_grpo_config_and_rejects_unknown_keys():
     a = build(TrainParams, {})
     assert a.fingerprint() == build(TrainParams, {"save_steps": 99, "max_steps": 3}).fingerprint()
     assert a.fingerprint() != build(TrainParams, {"learning_rate": 2e-6}).fingerprint()
+
+
+def test_efficiency_switch_sets_trls_aggregation():
+    # paper leaves TRL's default (the committed baseline's config); gdpo is TRL's own normalize_then_sum (GDPO)
+    assert to_grpo_config(build(TrainParams, {})).multi_objective_aggregation == "sum_then_normalize"
+    assert to_grpo_config(build(TrainParams, {"efficiency": "gdpo"})).multi_objective_aggregation == "normalize_then_sum"
+    assert to_grpo_config(build(TrainParams, {"efficiency": "among_correct"})).multi_objective_aggregation == "sum_then_normalize"
+    with pytest.raises(ValueError, match="multi_objective_aggregation = train.efficiency"):
+        to_grpo_config(build(TrainParams, {"grpo_overrides": {"multi_objective_aggregation": "normalize_then_sum"}}))
+    with pytest.raises(ParamsError, match="train.efficiency: 'gdp' is not one of"):
+        build(TrainParams, {"efficiency": "gdp"}, prefix="train.")
+    with pytest.raises(ParamsError, match=r"multiple of samples \(4\)"):
+        build(TrainParams, {"efficiency": "among_correct", "per_device_train_batch_size": 6}, prefix="train.")

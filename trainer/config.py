@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pipeline.config import param
 from pipeline.rollout.config import RolloutParams
-from trainer.rewards import RewardParams
+from trainer.rewards import EFFICIENCY, RewardParams
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class LoraParams:
 @dataclasses.dataclass
 class TrainParams(RolloutParams, RewardParams):
     """GRPO training of the search policy (the `train:` section). The reward settings (`RewardParams`:
-    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_rule) are fields of
+    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, efficiency, format_rule) are fields of
     this section too; the rollout settings (protocol, limits, search_k, judge) come from the shared `rollout:`
     section (`RolloutParams`), like the probe's, so training plays what the labels measured."""
 
@@ -129,6 +129,10 @@ class TrainParams(RolloutParams, RewardParams):
             raise ValueError("vllm_mode=server needs vllm_server_base_url or vllm_server_host")
         if self.resume not in ("latest", "never") and not self.resume.strip():
             raise ValueError("resume must be 'latest', 'never' or a checkpoint path")
+        if self.efficiency == "among_correct" and self.per_device_train_batch_size % self.samples:
+            raise ValueError(f"efficiency=among_correct compares the rollouts of one group in one reward call: set "
+                             f"per_device_train_batch_size ({self.per_device_train_batch_size}) to a multiple of "
+                             f"samples ({self.samples})")
         self.limits.validate()
         RolloutParams.validate(self)
         RewardParams.validate(self)
@@ -180,11 +184,12 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
     from trl import GRPOConfig
 
     known = grpo_config_fields()
-    mapped = sorted(set(params.grpo_overrides) & {"num_generations", "max_tool_calling_iterations", "output_dir"})
+    mapped = sorted(set(params.grpo_overrides) & {"num_generations", "max_tool_calling_iterations", "output_dir",
+                                                  "multi_objective_aggregation"})
     if mapped:
         raise ValueError(f"train.grpo_overrides: {mapped[0]!r} is set from the train section (num_generations = "
                          "train.samples, max_tool_calling_iterations = rollout.limits.max_turns - 1, output_dir = "
-                         "train.output_dir); set those instead")
+                         "train.output_dir, multi_objective_aggregation = train.efficiency); set those instead")
     bad = sorted(set(params.grpo_overrides) - known)
     if bad:
         import difflib
@@ -241,6 +246,8 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
     )
     if params.vllm_max_model_length > 0:
         kwargs["vllm_max_model_length"] = params.vllm_max_model_length
+    if EFFICIENCY[params.efficiency] is not None:  # paper: TRL's default, as before the switch existed
+        kwargs["multi_objective_aggregation"] = EFFICIENCY[params.efficiency]
     kwargs.update(extra)
     kwargs.update(params.grpo_overrides)
     return GRPOConfig(**kwargs)

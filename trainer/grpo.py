@@ -328,7 +328,7 @@ def save_final_model(run: TrainRun, folder: str | os.PathLike) -> Path:
 def summary_metrics(log_history: list[dict], last_k: int = 5) -> dict[str, float]:
     """Mean of the last `last_k` logged steps for the curves that matter (reward and its components)."""
     rows = [r for r in curve_rows(log_history) if "reward" in r][-last_k:]
-    keys = ("reward", "reward/accuracy", "reward/format", "reward/search_penalty", "search/ratio",
+    keys = ("reward", "reward/accuracy", "reward/format", "reward/search_penalty", "reward/efficiency", "search/ratio",
             "search/image_search_calls", "search/text_search_calls", "kl", "completions/mean_length",
             "tools/call_frequency", "tools/failure_frequency")
     out = {}
