@@ -248,3 +248,13 @@ def test_efficiency_switch_sets_trls_aggregation():
         build(TrainParams, {"efficiency": "gdp"}, prefix="train.")
     with pytest.raises(ParamsError, match=r"multiple of samples \(4\)"):
         build(TrainParams, {"efficiency": "among_correct", "per_device_train_batch_size": 6}, prefix="train.")
+
+
+def test_data_switch_picks_the_training_file():
+    assert build(TrainParams, {}).data_file == "data/balance/train.parquet"
+    unbalanced = build(TrainParams, {"data": "unbalanced"})
+    assert unbalanced.data_file == "data/balance/train_unbalanced.parquet"
+    assert build(TrainParams, {"data": "unbalanced", "unbalanced_file": "x.parquet"}).data_file == "x.parquet"
+    assert unbalanced.fingerprint() != build(TrainParams, {}).fingerprint()  # a checkpoint of one is not resumed by the other
+    with pytest.raises(ParamsError, match=r"train.data: 'unbalance' is not one of \['balanced', 'unbalanced'\]"):
+        build(TrainParams, {"data": "unbalance"}, prefix="train.")

@@ -69,6 +69,15 @@ class TrainParams(RolloutParams, RewardParams):
     )
     # --- data ---
     train_file: str = param("data/balance/train.parquet", "training items (item columns + label)")
+    data: Literal["balanced", "unbalanced"] = param(
+        "balanced",
+        "which training items: balanced = train_file (the search-balanced split); unbalanced = unbalanced_file (the "
+        "ablation: the same train clusters before the balance quotas; validation and test unchanged)",
+    )
+    unbalanced_file: str = param(
+        "data/balance/train_unbalanced.parquet",
+        "training items when data is unbalanced (the balance stage writes it next to train.parquet)",
+    )
     eval_file: str = param("", "evaluation items ('' = no evaluation during training)")
     max_items: int = param(0, "use at most this many training items, in file order (0 = all)")
     max_prompt_length: int = param(1024, "items whose rendered prompt is longer (tokens) are excluded with a reason")
@@ -141,6 +150,11 @@ class TrainParams(RolloutParams, RewardParams):
     @property
     def checkpoints_dir(self) -> Path:
         return Path(self.output_dir) / "checkpoints"
+
+    @property
+    def data_file(self) -> str:
+        """The training items this run reads: train_file or, with `data: unbalanced`, unbalanced_file."""
+        return self.unbalanced_file if self.data == "unbalanced" else self.train_file
 
     @property
     def model_dir(self) -> Path:
