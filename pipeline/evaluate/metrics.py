@@ -170,7 +170,7 @@ def subset_of(label: str | None) -> str | None:
 
 
 def compute_metrics(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-    """All metrics of one group of trajectories (one model x mode x dataset), keys = METRIC_KEYS.
+    """All metrics of one group of trajectories (one model x mode x dataset), keys = METRIC_KEYS, then ci95.
 
     rows: rollout rows (ROLLOUT_FEATURES). labels: item_id -> label string (None / missing = unlabelled).
 
