@@ -258,3 +258,18 @@ def test_data_switch_picks_the_training_file():
     assert unbalanced.fingerprint() != build(TrainParams, {}).fingerprint()  # a checkpoint of one is not resumed by the other
     with pytest.raises(ParamsError, match=r"train.data: 'unbalance' is not one of \['balanced', 'unbalanced'\]"):
         build(TrainParams, {"data": "unbalance"}, prefix="train.")
+
+
+@pytest.mark.parametrize("efficiency", ["gdpo", "among_correct"])
+def test_efficiency_components_train_and_log_apart(world, warm_text, tmp_path, efficiency):
+    from trainer.grpo import train
+
+    p = _params(world, warm_text, tmp_path / "train", efficiency=efficiency)
+    train(p, world.search, root=world.root)
+    row = json.loads((Path(p.output_dir) / "curves.json").read_text())[0]
+    acc, fmt, eff = (row[f"rewards/{n}_reward/mean"] for n in ("accuracy", "format", "efficiency"))
+    assert row["reward/efficiency"] == pytest.approx(eff)
+    # TRL's logged reward is the weighted sum of the components: (1 - a), a, (1 - a) p (and 0 for record_reward)
+    assert row["reward"] == pytest.approx(0.9 * acc + 0.1 * fmt + 0.09 * eff, abs=1e-5)
+    if efficiency == "among_correct":
+        assert eff == pytest.approx(0.0, abs=1e-6)  # sums to 0 within every group
