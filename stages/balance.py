@@ -3,8 +3,10 @@
 Reads:  data/dedup/items.parquet (items + cluster_id), data/dedup/exclusions.parquet, data/label/labels.parquet,
         data/label/exclusions.parquet (optional).
 Writes: data/balance/{train,validation,test}.parquet (item columns, cluster_id, label columns with the label as a
-        string, split), data/balance/exclusions.parquet (dedup exclusions carried over, plus unlabeled,
-        unanswerable, over_quota, ...: counts in = selected + excluded), metrics.json, strata.json (per split and
+        string, split), data/balance/train_unbalanced.parquet (same columns: the train split before the quotas, i.e.
+        the balanced train items plus the train clusters' over_quota items; `train.data: unbalanced` trains on it),
+        data/balance/exclusions.parquet (dedup exclusions carried over, plus unlabeled, unanswerable, over_quota,
+        ...: counts in = selected + excluded; train_unbalanced is not counted), metrics.json, strata.json (per split and
         stratum: counts, share, deviation in items), plots/labels_by_{category,source}.{csv,png}.
 Does not support: balancing on more than one share at once (one search-required share; sub-targets within it).
 """
@@ -81,6 +83,8 @@ def run(params: Params, args) -> int:
     write_exclusions(rows, out / "exclusions.parquet")
 
     counts = bl.write_splits(items_path, labels_path, sel.selected, out)
+    unbalanced = bl.unbalanced_train(sel)
+    bl.write_splits(items_path, labels_path, unbalanced, out, files={"train": "train_unbalanced"})
     n_in = len(pool) + len(carried)
     n_selected = sum(counts.values())
     assert n_in == n_selected + len(rows), f"counts in ({n_in}) != selected ({n_selected}) + excluded ({len(rows)})"
@@ -103,6 +107,11 @@ def run(params: Params, args) -> int:
             "search_required_share": round(n_r / len(s), 4) if len(s) else None,
             "labels": {k: int(v) for k, v in sorted(s["label"].value_counts().items())},
         }
+    n_r = int(unbalanced["label"].isin(SEARCH_REQUIRED).sum())
+    metrics["train_unbalanced"] = {  # the ablation's training items (train.data: unbalanced)
+        "items": len(unbalanced), "search_required_share": round(n_r / len(unbalanced), 4) if len(unbalanced) else None,
+        "labels": {k: int(v) for k, v in sorted(unbalanced["label"].value_counts().items())},
+    }
     dev = sel.strata["deviation_items"] if len(sel.strata) else []
     metrics["max_stratum_deviation_items"] = round(float(max(dev, default=0.0)), 4)
     metrics["strata"] = int(len(sel.strata))

@@ -8,7 +8,9 @@ Reads:  the datasets of evaluate.datasets (default: data/balance/test.parquet, i
 Writes: <out_dir>/rollouts.parquet (every trajectory: ROLLOUT_FEATURES + dataset + label; `condition` = the mode,
         `model` = the model's name; rollout_id = model/mode/dataset/item/sample), <out_dir>/metrics.json (nested
         model -> mode -> dataset -> metric, so `dvc metrics show` prints keys like trained.on_demand.test.search_ratio;
-        plus `avg` per model x mode and `vs_rag` per model), <out_dir>/table.md (the paper's Table 1 shape),
+        each cell with `ci95` (95% interval per rate and ratio, e.g. trained.on_demand.test.ci95.accuracy.lo) and
+        tool_productivity; plus `avg` per model x mode and `vs_rag` per model), <out_dir>/table.md (the paper's
+        Table 1 shape, n and intervals per cell),
         <out_dir>/accuracy_vs_search.png and <out_dir>/plots/accuracy_vs_search_<dataset>.csv (DVC plots),
         <out_dir>/exclusions.parquet (dataset rows that are not valid items, with the reason), <out_dir>/run.json;
         <parts_dir>/<fingerprint>/<model>__<dataset>__<mode>.parquet while it runs (resume state).

@@ -1,6 +1,7 @@
 """GRPO training of the search policy on the balanced train split (TRL GRPOTrainer, the paper's reward).
 
-Reads:  data/balance/train.parquet (train.train_file), the policy (train.model; default data/bootstrap/model, the
+Reads:  data/balance/train.parquet (train.train_file; with train.data: unbalanced, data/balance/train_unbalanced.parquet,
+        the ablation), the policy (train.model; default data/bootstrap/model, the
         bootstrapped labeler, or the base model its model_ref.json names when bootstrap is off), the `rollout:`
         section (protocol, limits, search_k, judge), the search cache/indexes of the `search:` section (cache mode
         train.cache_mode, default replay_only: offline and reproducible).

@@ -110,6 +110,28 @@ def test_select_with_sub_targets_and_other_share():
     assert abs(req["image_search_required"] - 0.5) < 0.06
 
 
+def test_unbalanced_train_is_the_train_split_before_the_quotas():
+    # by hand: one stratum, everything to train, share 0.5: 4 search-free + 1 search-required keep 1 + 1;
+    # the unbalanced train keeps all 5 answerable items, never the unanswerable or unlabeled one
+    labels = ["search_free"] * 4 + ["image_search_required", "unanswerable", None]
+    pool = pd.DataFrame({"id": [f"i{k}" for k in range(7)], "source": "demo", "category": "flag", "entity": "",
+                         "cluster_id": [f"c{k}" for k in range(7)], "label": labels})
+    sel = bl.select(pool, share=0.5, fractions={"train": 1.0, "validation": 0.0, "test": 0.0}, strata=["source"])
+    assert len(sel.selected) == 2
+    unbalanced = bl.unbalanced_train(sel)
+    assert unbalanced["id"].tolist() == ["i0", "i1", "i2", "i3", "i4"] and set(unbalanced["split"]) == {"train"}
+    # on a larger pool: a superset of the balanced train split, no cluster shared with validation or test
+    pool = synthetic_pool()
+    sel = bl.select(pool, share=SHARE, seed=1)
+    unbalanced = bl.unbalanced_train(sel)
+    train = sel.selected[sel.selected["split"] == "train"]
+    over = sel.excluded[(sel.excluded["reason"] == "over_quota") & (sel.excluded["split"] == "train")]
+    assert set(unbalanced["id"]) == set(train["id"]) | set(over["id"]) and len(over) > 0
+    held_out = sel.selected[sel.selected["split"] != "train"]
+    assert set(unbalanced["cluster_id"]).isdisjoint(held_out["cluster_id"])
+    assert unbalanced["label"].isin(LABELS).all() and not (unbalanced["label"] == "unanswerable").any()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the stage: dedup -> (synthetic) labels -> balance
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,6 +214,12 @@ def test_stage_end_to_end_planted_copies_never_cross_splits(tmp_path):
     ds = datasets.Dataset.from_parquet(str(tmp_path / "data/balance/train.parquet"))
     assert ds.features["label"] == datasets.Value("string") and ds.features["image"] == datasets.Image()
     assert ds[0]["label"] in LABELS and ds[0]["image"].size[0] > 0
+
+    # the ablation's train file: the balanced train items and more, in the same columns
+    unbal = pq.read_table(tmp_path / "data/balance/train_unbalanced.parquet").to_pandas()
+    assert set(splits["train"]["id"]) < set(unbal["id"]) and len(unbal) == m["train_unbalanced"]["items"]
+    assert set(unbal["id"]).isdisjoint(set(splits["test"]["id"]) | set(splits["validation"]["id"]))
+    assert list(unbal.columns) == list(pq.read_table(tmp_path / "data/balance/train.parquet").schema.names)
 
     # plots: CSV for `dvc plots show` and PNG, before and after
     with open(tmp_path / "data/balance/plots/labels_by_category.csv") as f:

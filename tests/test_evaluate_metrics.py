@@ -5,7 +5,7 @@ import math
 import pytest
 
 from pipeline.evaluate.metrics import (
-    METRIC_KEYS, compute_metrics, is_correct, mean_or_none, metrics_by_group, search_calls,
+    BOOTSTRAP_KEYS, METRIC_KEYS, WILSON_KEYS, compute_metrics, is_correct, mean_or_none, metrics_by_group, search_calls,
     search_reduction, searched, subset_of, tool_call_outcomes,
 )
 
@@ -44,7 +44,9 @@ def four_items():
 
 
 def test_keys_are_the_documented_set():
-    assert tuple(compute_metrics(four_items(), LABELS)) == METRIC_KEYS
+    m = compute_metrics(four_items(), LABELS)
+    assert tuple(m) == METRIC_KEYS + ("ci95",)
+    assert tuple(m["ci95"]) == WILSON_KEYS + BOOTSTRAP_KEYS
 
 
 def test_core_metrics_on_four_items():
@@ -63,6 +65,7 @@ def test_core_metrics_on_four_items():
     assert m["over_search_rate"] == pytest.approx(1 / 2)  # B searched although search-free
     assert m["under_search_rate"] == pytest.approx(1 / 2)  # C wrong without searching
     assert m["searches_per_correct"] == pytest.approx(3 / 3)
+    assert m["tool_productivity"] == pytest.approx(3 / 3)  # 3 correct answers for 3 search calls
     assert m["tool_calls"] == 3 and m["failed_tool_calls"] == 0 and m["tool_failure_rate"] == 0.0
     assert m["invalid_format_rate"] == 0.0 and m["no_answer_rate"] == 0.0 and m["error_rate"] == 0.0
     assert m["prompt_tokens_per_item"] == 10 and m["completion_tokens_per_item"] == 5 and m["tokens_per_item"] == 15
@@ -210,3 +213,49 @@ def test_means_and_search_reduction():
     assert search_reduction(0.6, 1.0) == pytest.approx(0.4)
     assert search_reduction(None, 1.0) is None and search_reduction(0.5, 0.0) is None
     assert not math.isnan(search_reduction(0.0, 1.0))
+
+
+def _ci(m, key):
+    return None if m["ci95"][key] is None else (m["ci95"][key]["lo"], m["ci95"][key]["hi"])
+
+
+def test_wilson_intervals_on_four_items():
+    # Wilson, z = 1.96, z^2 = 3.8415: centre = (p + z^2/2n) / (1 + z^2/n), half = z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
+    # 3/4: centre (0.75 + 0.48018) / 1.96037 = 0.62752, half 1.96 x 0.32695 / 1.96037 = 0.32689 -> 0.30064, 0.95441
+    m = compute_metrics(four_items(), LABELS)
+    assert _ci(m, "accuracy") == pytest.approx((0.30064, 0.95441), abs=1e-5)
+    # 2/4: centre exactly 0.5, half 1.96 x sqrt(0.0625 + 0.060023) / 1.96037 = 0.34996
+    assert _ci(m, "search_ratio") == pytest.approx((0.15004, 0.84996), abs=1e-5)
+    # 1/2 (over-search on the two search-free items): centre 0.5, half 1.96 x sqrt(0.125 + 0.24009) / 2.92074 = 0.40547
+    assert _ci(m, "over_search_rate") == pytest.approx((0.09453, 0.90547), abs=1e-5)
+    # 0/3 executed calls failed: the lower bound is exactly 0; hi = 2 x z^2/6 / (1 + z^2/3) = 1.28049 / 2.28049
+    assert _ci(m, "tool_failure_rate") == pytest.approx((0.0, 0.56150), abs=1e-5)
+    assert _ci(m, "tool_failure_rate")[0] == 0.0
+    # 0/4 errors: [0, z^2/4 / (1 + z^2/4) = 0.96037 / 1.96037]
+    assert _ci(m, "error_rate") == pytest.approx((0.0, 0.48989), abs=1e-5)
+
+
+def test_bootstrap_intervals_over_items_by_hand():
+    # X: correct without search; Y: correct with 2 calls. Resampling 2 items: XX, XY, YX, YY (1/4 each)
+    rows = [rollout("X", correct=True),
+            rollout("Y", ("image_search", "text_search", "answer"), correct=True,
+                    calls=[call("image_search"), call("text_search")])]
+    m = compute_metrics(rows)
+    # searches per correct: XX 0/2, XY 2/2, YY 4/2 -> {0: 1/4, 1: 1/2, 2: 1/4}: 2.5% / 97.5% quantiles 0 and 2
+    assert m["searches_per_correct"] == 1.0 and _ci(m, "searches_per_correct") == (0.0, 2.0)
+    assert _ci(m, "search_calls_per_rollout") == (0.0, 2.0)  # the same sums over 2 trajectories
+    # tool productivity: XX has no call (undefined, left out), XY 2/2 = 1, YY 2/4 = 0.5 -> {1: 2/3, 0.5: 1/3}
+    assert m["tool_productivity"] == 1.0 and _ci(m, "tool_productivity") == (0.5, 1.0)
+    assert compute_metrics(rows)["ci95"] == m["ci95"]  # fixed seed: the same interval every run
+
+
+def test_tool_productivity_without_search_calls_is_null():
+    rows = [rollout("A", correct=True, mode="direct"), rollout("C", correct=False, mode="direct")]
+    m = compute_metrics(rows, LABELS)
+    assert m["tool_productivity"] is None and m["ci95"]["tool_productivity"] is None
+    assert m["searches_per_correct"] == 0.0 and _ci(m, "searches_per_correct") == (0.0, 0.0)
+    # every item one call and correct: 1 correct per call in every resample
+    one = [rollout(i, ("text_search", "answer"), correct=True, calls=[call("text_search")]) for i in "ABCD"]
+    assert _ci(compute_metrics(one, LABELS), "tool_productivity") == (1.0, 1.0)
+    # empty subsets have no interval either
+    assert compute_metrics(one, {})["ci95"]["over_search_rate"] is None

@@ -42,15 +42,16 @@ def test_table_has_one_row_per_model_and_mode_and_a_column_pair_per_dataset():
     md = render_table(NESTED, MODELS, MODES, DATASETS)
     main = md.split("\n## ")[0]
     rows = table_rows(main)
-    assert rows[0] == "| Mode | Model | Avg Acc | Avg SR | test Acc | test SR | extra Acc | extra SR |"
+    assert rows[0] == "| Mode | Model | Avg Acc | Avg SR | test n | test Acc | test SR | extra n | extra Acc | extra SR |"
     body = rows[1:]
     assert len(body) == len(MODELS) * len(MODES)
     # grouped by mode like the paper: direct rows first, on-demand last
     assert body[0].startswith("| Direct answer | base |") and body[-1].startswith("| On-demand search | trained |")
     trained_od = cells(body[-1])
-    assert trained_od[2:8] == ["60.0", "70.0", "55.0", "60.0", "65.0", "80.0"]  # avg = mean over the datasets
+    assert trained_od[2:4] == ["60.0", "70.0"]  # avg = mean over the datasets
+    assert trained_od[4:10] == ["10", "55.0", "60.0", "10", "65.0", "80.0"]  # n, Acc, SR per dataset
     base_od = cells([r for r in body if r.startswith("| On-demand search | base |")][0])
-    assert base_od[6:8] == ["–", "–"]  # missing dataset shows a dash, not 0
+    assert base_od[7:10] == ["–", "–", "–"]  # missing dataset shows a dash, not 0
     assert base_od[2] == "35.0"  # the average skips the missing dataset
 
 
@@ -59,8 +60,8 @@ def test_efficiency_tables_per_dataset_show_nulls_as_dashes():
     assert "## test: search efficiency" in md and "## extra: search efficiency" in md
     test_part = md.split("## test: search efficiency")[1].split("## extra")[0]
     row = cells([r for r in table_rows(test_part) if r.startswith("| On-demand search | trained |")][0])
-    assert row[2] == "10" and row[3] == "55.0" and row[7] == "25.0"  # items, Acc, over-search
-    assert row[4] == "–"  # accuracy on search-required: no such items
+    assert row[2] == "10 (0/0)" and row[3] == "10" and row[4] == "55.0" and row[8] == "25.0"  # items, traj., Acc, over-search
+    assert row[5] == "–"  # accuracy on search-required: no such items
     extra_part = md.split("## extra: search efficiency")[1]
     assert not any(r.startswith("| On-demand search | base |") for r in table_rows(extra_part))
 
@@ -87,3 +88,19 @@ def test_plot_records_and_files(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and rows[0]["search_ratio"] == "0.0" and rows[0]["accuracy"] == "10.0"
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cells_carry_their_interval_and_tool_productivity():
+    from pipeline.evaluate.metrics import compute_metrics
+    from test_evaluate_metrics import LABELS, four_items
+
+    # four items: 3/4 correct (Wilson [30.1, 95.4]), 2/4 searched ([15.0, 85.0]), 3 correct for 3 calls
+    nested = {"m": {"on_demand": {"test": compute_metrics(four_items(), LABELS)}}}
+    md = render_table(nested, ["m"], ["on_demand"], ["test"])
+    main = cells(table_rows(md.split("\n## ")[0])[1])
+    assert main[4:7] == ["4", "75.0 [30.1–95.4]", "50.0 [15.0–85.0]"]
+    eff = cells(table_rows(md.split("## test: search efficiency")[1])[1])
+    assert eff[2:5] == ["4 (2/2)", "4", "75.0 [30.1–95.4]"]
+    assert eff[8] == "50.0 [9.5–90.5]"  # over-search: 1 of the 2 search-free items
+    assert eff[12].startswith("1.00 [")  # tool productivity: 3 correct / 3 calls
+    assert "Tool prod." in md and "Wilson" in md

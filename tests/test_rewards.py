@@ -233,3 +233,76 @@ def test_turns_come_from_the_completion_ids_when_they_split(tag, tiny_text_model
     assert _reward(tag, completion) == pytest.approx(0.91)
     # ids that do not split into one segment per assistant message fall back to the messages
     assert completion_turns(completion, tag, ids[:5], tok) == tag.turns_from_messages(completion)
+
+
+# --- the efficiency switch (train.efficiency): hand-built groups, values from the definitions in trainer/rewards.py ---
+C0 = [turn(f"{R}<answer>Paris</answer>")]                                   # correct, no search
+C1 = TAG_CASES[1][1]                                                         # correct, 1 search (image)
+C2 = TAG_CASES[3][1]                                                         # correct, 2 searches (image, text)
+W0 = TAG_CASES[4][1]                                                         # wrong, no search
+W1 = TAG_CASES[5][1]                                                         # wrong, 1 search
+
+
+def _components(protocol, completions, ids, **params):
+    """The three component values and their weights for one batch, with what they logged."""
+    metrics = defaultdict(list)
+    funcs, weights = reward_functions(RewardParams(**params), protocol, "tools")
+    n = len(completions)
+    kw = dict(prompts=[[]] * n, completions=completions, completion_ids=[[]] * n, answer=[GOLD] * n,
+              aliases=[[]] * n, id=ids, log_metric=lambda k, v: metrics[k].append(v))
+    return [f(**kw) for f in funcs], weights, funcs, metrics
+
+
+def test_efficiency_paper_is_the_default_single_reward(tag):
+    funcs, weights = reward_functions(RewardParams(), tag, "tools")
+    assert [f.__name__ for f in funcs] == ["paper_reward"] and weights == [1.0]
+
+
+def test_efficiency_gdpo_components_sum_to_eq1(tag):
+    group = [C0, C1, C2, W0]
+    (acc, fmt, eff), weights, funcs, metrics = _components(tag, group, ["a"] * 4, efficiency="gdpo")
+    assert [f.__name__ for f in funcs] == ["accuracy_reward", "format_reward", "efficiency_reward"]
+    assert weights == pytest.approx([0.9, 0.1, 0.09])                        # (1 - a), a, (1 - a) p
+    assert acc == [1.0, 1.0, 1.0, 0.0] and fmt == [1.0] * 4
+    assert eff == [0.0, -1.0, -1.0, 0.0]                                     # once per searching correct rollout
+    total = [sum(w * v for w, v in zip(weights, vals)) for vals in zip(acc, fmt, eff)]
+    assert total == pytest.approx([1.0, 0.91, 0.91, 0.1])                    # the paper's table values
+    assert funcs[0].scorer is funcs[2].scorer                                # one scorer: the batch is judged once
+    assert metrics["reward/efficiency"] == [pytest.approx(-0.5)]
+    assert metrics["reward/accuracy"] == [pytest.approx(0.75)]               # logged once, by the accuracy component
+    # per call: cost (1 - 0.9 ** 2) / 0.1 = 1.9 for two calls, so 0.9 + 0.1 - 0.09 * 1.9 = 0.829 = 0.9 * 0.81 + 0.1
+    (acc, fmt, eff), weights, _, _ = _components(tag, group, ["a"] * 4, efficiency="gdpo", penalty_per_call=True)
+    assert eff == pytest.approx([0.0, -1.0, -1.9, 0.0])
+    assert sum(w * v for w, v in zip(weights, (acc[2], fmt[2], eff[2]))) == pytest.approx(0.829)
+
+
+def test_efficiency_among_correct_on_groups(tag):
+    # group a: three correct (costs 0, 1, 1; mean 2/3) and one wrong; b: no correct; c: a single correct rollout
+    batch = [C0, C1, C2, W1, W0, W1, W0, W1, W0, C1, W1, W0]
+    ids = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    (acc, fmt, eff), weights, _, metrics = _components(tag, batch, ids, efficiency="among_correct")
+    assert eff == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0.0] + [0.0] * 4 + [0.0] * 4)
+    assert metrics["reward/efficiency"] == [pytest.approx(0.0)]              # sums to 0 within every group
+    total = [sum(w * v for w, v in zip(weights, vals)) for vals in zip(acc, fmt, eff)]
+    assert total[:4] == pytest.approx([0.9 + 0.1 + 0.06, 0.9 + 0.1 - 0.03, 0.9 + 0.1 - 0.03, 0.1])
+    assert total[9] == pytest.approx(1.0)                                    # the lone correct one: no penalty
+    # groups are the item ids, not positions: the same rollouts shuffled give the same values per rollout
+    order = [11, 3, 0, 7, 9, 1, 4, 2, 10, 5, 8, 6]
+    (_, _, eff2), _, _, _ = _components(tag, [batch[i] for i in order], [ids[i] for i in order],
+                                        efficiency="among_correct")
+    assert eff2 == pytest.approx([eff[i] for i in order])
+    # per call: costs 0, 1, 1.9 (mean 2.9 / 3)
+    (_, _, eff3), _, _, _ = _components(tag, batch[:4], ids[:4], efficiency="among_correct", penalty_per_call=True)
+    assert eff3 == pytest.approx([2.9 / 3, 2.9 / 3 - 1, 2.9 / 3 - 1.9, 0.0])
+
+
+def test_efficiency_switch_is_checked(tag):
+    with pytest.raises(ParamsError, match=r"efficiency: 'gdp' is not one of \['paper', 'gdpo', 'among_correct'\]"):
+        build(RewardParams, {"efficiency": "gdp"})
+    with pytest.raises(ParamsError, match="efficiency=gdpo splits the 'paper' reward function"):
+        build(RewardParams, {"efficiency": "gdpo", "reward_functions": ["accuracy"]})
+    # other reward functions stay next to the components; the paper entry's weight is spread over them
+    funcs, weights = reward_functions(RewardParams(efficiency="gdpo", reward_functions=["paper", "format"],
+                                                   reward_weights=[2.0, 0.5]), tag)
+    assert [f.__name__ for f in funcs] == ["accuracy_reward", "format_reward", "efficiency_reward", "format_reward"]
+    assert weights == pytest.approx([1.8, 0.2, 0.18, 0.5])

@@ -235,3 +235,41 @@ def test_config_maps_onto_grpo_config_and_rejects_unknown_keys():
     a = build(TrainParams, {})
     assert a.fingerprint() == build(TrainParams, {"save_steps": 99, "max_steps": 3}).fingerprint()
     assert a.fingerprint() != build(TrainParams, {"learning_rate": 2e-6}).fingerprint()
+
+
+def test_efficiency_switch_sets_trls_aggregation():
+    # paper leaves TRL's default (the committed baseline's config); gdpo is TRL's own normalize_then_sum (GDPO)
+    assert to_grpo_config(build(TrainParams, {})).multi_objective_aggregation == "sum_then_normalize"
+    assert to_grpo_config(build(TrainParams, {"efficiency": "gdpo"})).multi_objective_aggregation == "normalize_then_sum"
+    assert to_grpo_config(build(TrainParams, {"efficiency": "among_correct"})).multi_objective_aggregation == "sum_then_normalize"
+    with pytest.raises(ValueError, match="multi_objective_aggregation = train.efficiency"):
+        to_grpo_config(build(TrainParams, {"grpo_overrides": {"multi_objective_aggregation": "normalize_then_sum"}}))
+    with pytest.raises(ParamsError, match="train.efficiency: 'gdp' is not one of"):
+        build(TrainParams, {"efficiency": "gdp"}, prefix="train.")
+    with pytest.raises(ParamsError, match=r"multiple of samples \(4\)"):
+        build(TrainParams, {"efficiency": "among_correct", "per_device_train_batch_size": 6}, prefix="train.")
+
+
+def test_data_switch_picks_the_training_file():
+    assert build(TrainParams, {}).data_file == "data/balance/train.parquet"
+    unbalanced = build(TrainParams, {"data": "unbalanced"})
+    assert unbalanced.data_file == "data/balance/train_unbalanced.parquet"
+    assert build(TrainParams, {"data": "unbalanced", "unbalanced_file": "x.parquet"}).data_file == "x.parquet"
+    assert unbalanced.fingerprint() != build(TrainParams, {}).fingerprint()  # a checkpoint of one is not resumed by the other
+    with pytest.raises(ParamsError, match=r"train.data: 'unbalance' is not one of \['balanced', 'unbalanced'\]"):
+        build(TrainParams, {"data": "unbalance"}, prefix="train.")
+
+
+@pytest.mark.parametrize("efficiency", ["gdpo", "among_correct"])
+def test_efficiency_components_train_and_log_apart(world, warm_text, tmp_path, efficiency):
+    from trainer.grpo import train
+
+    p = _params(world, warm_text, tmp_path / "train", efficiency=efficiency)
+    train(p, world.search, root=world.root)
+    row = json.loads((Path(p.output_dir) / "curves.json").read_text())[0]
+    acc, fmt, eff = (row[f"rewards/{n}_reward/mean"] for n in ("accuracy", "format", "efficiency"))
+    assert row["reward/efficiency"] == pytest.approx(eff)
+    # TRL's logged reward is the weighted sum of the components: (1 - a), a, (1 - a) p (and 0 for record_reward)
+    assert row["reward"] == pytest.approx(0.9 * acc + 0.1 * fmt + 0.09 * eff, abs=1e-5)
+    if efficiency == "among_correct":
+        assert eff == pytest.approx(0.0, abs=1e-6)  # sums to 0 within every group

@@ -21,6 +21,7 @@ PANELS = (
     ("reward/accuracy", "accuracy"),
     ("reward/format", "format"),
     ("reward/search_penalty", "search penalty (reward lost)"),
+    ("reward/efficiency", "efficiency term (efficiency: gdpo / among_correct)"),
     ("search/ratio", "share of rollouts that searched"),
     ("search/image_search_calls", "image searches / rollout"),
     ("search/text_search_calls", "text searches / rollout"),

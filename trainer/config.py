@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pipeline.config import param
 from pipeline.rollout.config import RolloutParams
-from trainer.rewards import RewardParams
+from trainer.rewards import EFFICIENCY, RewardParams
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class LoraParams:
 @dataclasses.dataclass
 class TrainParams(RolloutParams, RewardParams):
     """GRPO training of the search policy (the `train:` section). The reward settings (`RewardParams`:
-    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, format_rule) are fields of
+    reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, efficiency, format_rule) are fields of
     this section too; the rollout settings (protocol, limits, search_k, judge) come from the shared `rollout:`
     section (`RolloutParams`), like the probe's, so training plays what the labels measured."""
 
@@ -69,6 +69,15 @@ class TrainParams(RolloutParams, RewardParams):
     )
     # --- data ---
     train_file: str = param("data/balance/train.parquet", "training items (item columns + label)")
+    data: Literal["balanced", "unbalanced"] = param(
+        "balanced",
+        "which training items: balanced = train_file (the search-balanced split); unbalanced = unbalanced_file (the "
+        "ablation: the same train clusters before the balance quotas; validation and test unchanged)",
+    )
+    unbalanced_file: str = param(
+        "data/balance/train_unbalanced.parquet",
+        "training items when data is unbalanced (the balance stage writes it next to train.parquet)",
+    )
     eval_file: str = param("", "evaluation items ('' = no evaluation during training)")
     max_items: int = param(0, "use at most this many training items, in file order (0 = all)")
     max_prompt_length: int = param(1024, "items whose rendered prompt is longer (tokens) are excluded with a reason")
@@ -129,6 +138,10 @@ class TrainParams(RolloutParams, RewardParams):
             raise ValueError("vllm_mode=server needs vllm_server_base_url or vllm_server_host")
         if self.resume not in ("latest", "never") and not self.resume.strip():
             raise ValueError("resume must be 'latest', 'never' or a checkpoint path")
+        if self.efficiency == "among_correct" and self.per_device_train_batch_size % self.samples:
+            raise ValueError(f"efficiency=among_correct compares the rollouts of one group in one reward call: set "
+                             f"per_device_train_batch_size ({self.per_device_train_batch_size}) to a multiple of "
+                             f"samples ({self.samples})")
         self.limits.validate()
         RolloutParams.validate(self)
         RewardParams.validate(self)
@@ -137,6 +150,11 @@ class TrainParams(RolloutParams, RewardParams):
     @property
     def checkpoints_dir(self) -> Path:
         return Path(self.output_dir) / "checkpoints"
+
+    @property
+    def data_file(self) -> str:
+        """The training items this run reads: train_file or, with `data: unbalanced`, unbalanced_file."""
+        return self.unbalanced_file if self.data == "unbalanced" else self.train_file
 
     @property
     def model_dir(self) -> Path:
@@ -180,11 +198,12 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
     from trl import GRPOConfig
 
     known = grpo_config_fields()
-    mapped = sorted(set(params.grpo_overrides) & {"num_generations", "max_tool_calling_iterations", "output_dir"})
+    mapped = sorted(set(params.grpo_overrides) & {"num_generations", "max_tool_calling_iterations", "output_dir",
+                                                  "multi_objective_aggregation"})
     if mapped:
         raise ValueError(f"train.grpo_overrides: {mapped[0]!r} is set from the train section (num_generations = "
                          "train.samples, max_tool_calling_iterations = rollout.limits.max_turns - 1, output_dir = "
-                         "train.output_dir); set those instead")
+                         "train.output_dir, multi_objective_aggregation = train.efficiency); set those instead")
     bad = sorted(set(params.grpo_overrides) - known)
     if bad:
         import difflib
@@ -241,6 +260,8 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
     )
     if params.vllm_max_model_length > 0:
         kwargs["vllm_max_model_length"] = params.vllm_max_model_length
+    if EFFICIENCY[params.efficiency] is not None:  # paper: TRL's default, as before the switch existed
+        kwargs["multi_objective_aggregation"] = EFFICIENCY[params.efficiency]
     kwargs.update(extra)
     kwargs.update(params.grpo_overrides)
     return GRPOConfig(**kwargs)

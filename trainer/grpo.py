@@ -1,6 +1,7 @@
 """GRPO training run: items -> prompts, TRL GRPOTrainer over the protocol's environment, checkpoints, final model.
 
-Reads: `train.train_file` (balanced items: item columns + label), optionally `train.eval_file`; the policy model
+Reads: `train.train_file` (balanced items: item columns + label; `train.unbalanced_file` with `train.data:
+unbalanced`), optionally `train.eval_file`; the policy model
 (`train.model`, resolved by `pipeline.models.resolve_model`, which follows a bootstrap's model_ref.json); the search tools of the params file's `search:`
 section (cache mode from `train.cache_mode`).
 Writes, under `train.output_dir` (main process only):
@@ -90,7 +91,7 @@ def read_rows(path: str | os.PathLike, max_items: int = 0) -> list[dict]:
     import pyarrow.parquet as pq
 
     if not Path(path).exists():
-        raise FileNotFoundError(f"training items {str(path)!r} not found; run the balance stage first (or set train.train_file)")
+        raise FileNotFoundError(f"training items {str(path)!r} not found; run the balance stage first (or set train.train_file / train.unbalanced_file)")
     table = pq.read_table(path)
     for col in ("id", "question", "answer"):
         if col not in table.column_names:
@@ -260,11 +261,11 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
         tools = SearchTools.from_params(search_params, root)
     env_cls = environment_class(protocol, tools, params.condition, with_images=is_vlm)
 
-    train_path = root / params.train_file  # an absolute train_file stays absolute
+    train_path = root / params.data_file  # an absolute path stays absolute
     rows = read_rows(train_path, params.max_items)
     train_ds, excluded = build_dataset(rows, protocol, processor, params.condition, show_image, params.max_prompt_length)
     if len(train_ds) == 0:
-        raise ValueError(f"no training items left from {params.train_file} ({len(excluded)} excluded); see exclusions")
+        raise ValueError(f"no training items left from {params.data_file} ({len(excluded)} excluded); see exclusions")
     eval_ds = None
     if params.eval_file and params.eval_steps > 0:
         eval_ds, eval_excl = build_dataset(read_rows(root / params.eval_file), protocol, processor, params.condition,
@@ -328,7 +329,7 @@ def save_final_model(run: TrainRun, folder: str | os.PathLike) -> Path:
 def summary_metrics(log_history: list[dict], last_k: int = 5) -> dict[str, float]:
     """Mean of the last `last_k` logged steps for the curves that matter (reward and its components)."""
     rows = [r for r in curve_rows(log_history) if "reward" in r][-last_k:]
-    keys = ("reward", "reward/accuracy", "reward/format", "reward/search_penalty", "search/ratio",
+    keys = ("reward", "reward/accuracy", "reward/format", "reward/search_penalty", "reward/efficiency", "search/ratio",
             "search/image_search_calls", "search/text_search_calls", "kl", "completions/mean_length",
             "tools/call_frequency", "tools/failure_frequency")
     out = {}

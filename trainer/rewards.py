@@ -13,10 +13,26 @@ The scorer reads the model's own turn texts. From TRL they are cut out of `compl
 model wrote, special tokens removed, as the paper decodes them); when the ids do not split into one segment per
 assistant message, the parsed messages are rendered back (`protocol.turn_text`).
 
+The efficiency term is a switch, `efficiency` (see `EFFICIENCY`): `paper` is Eq. 1 above as one reward function;
+`gdpo` and `among_correct` replace the `paper` entry of `reward_functions` by three components, each its own TRL reward
+function (logged by TRL as rewards/<name>/mean): accuracy_reward (acc), format_reward (format) and efficiency_reward,
+weighted (1 - a), a and (1 - a) x search_penalty. With c = search_cost(n) (1 when the rollout searched; with
+`penalty_per_call` (1 - (1 - p) ** n) / p, so that 1 - p x c = (1 - p) ** n):
+  gdpo           efficiency = -acc x c for a correct answer (acc > 0.99, the scorer's rule), else 0; the weighted sum
+                 is exactly Eq. 1, but TRL aggregates with multi_objective_aggregation="normalize_then_sum" (GDPO:
+                 each component normalised within its group before the weighted sum), so the penalty keeps its own
+                 unit-variance signal instead of being swamped by the accuracy differences of the group.
+  among_correct  efficiency = mean(c over the correct rollouts of the group) - c for a correct rollout, 0 for an
+                 incorrect one (Metis/HDPO: efficiency is compared among correct answers only). A group is the
+                 rollouts of one item (dataset column `id`) within a reward call; a group with no or one correct
+                 rollout gets 0 everywhere. The term sums to 0 over a group, so it never moves correct answers as a
+                 whole against incorrect ones; TRL's default sum_then_normalize aggregation.
+
 Reads: completions as TRL passes them, `completion_ids`, the dataset columns `answer` and `aliases`, and the
 per-rollout environments (their call records get `delivered`: TRL drops a tool result that does not fit in
 max_completion_length after the call ran). Writes nothing; logs components through TRL's `log_metric` /
-`log_extra` (reward/accuracy, reward/format, reward/search_penalty, search/ratio, search/<tool>_calls, ...).
+`log_extra` (reward/accuracy, reward/format, reward/search_penalty, reward/efficiency, search/ratio,
+search/<tool>_calls, ...).
 """
 from __future__ import annotations
 
@@ -29,6 +45,10 @@ from pipeline.config import param
 from pipeline.judge import JudgeParams, make_judge
 from pipeline.rollout.environment import mark_delivered
 from pipeline.rollout.score import IMAGE_SEARCH, RULES, TEXT_SEARCH, TrajectoryScore, reward
+
+# train.efficiency -> the GRPOConfig.multi_objective_aggregation it trains with (None: TRL's default)
+EFFICIENCY: dict[str, str | None] = {"paper": None, "gdpo": "normalize_then_sum", "among_correct": None}
+CORRECT = 0.99  # the scorer's rule (pipeline/rollout/score.py reward): the penalty only touches acc > 0.99
 
 # the tool turn TRL splices in after a model turn: a user turn, then the next assistant header
 _TOOL_TURN = re.compile(r"(?:<\|im_end\|>)?\s*<\|im_start\|>user\n.*?<\|im_end\|>\s*<\|im_start\|>assistant\n", re.S)
@@ -53,6 +73,14 @@ class RewardParams:
     penalty_per_call: bool = param(
         False, "apply the search penalty once per tool call, acc x (1 - search_penalty) ** n_calls, instead of once"
     )
+    efficiency: Literal["paper", "gdpo", "among_correct"] = param(
+        "paper",
+        "how search efficiency enters the reward: paper = Eq. 1's fixed penalty (one reward function); gdpo = "
+        "accuracy, format and search-penalty components normalised each on its own (TRL multi_objective_aggregation"
+        "=normalize_then_sum); among_correct = an efficiency bonus relative to the group's correct rollouts only "
+        "(Metis/HDPO). gdpo and among_correct replace the 'paper' entry of reward_functions by the three components "
+        "(trainer/rewards.py)",
+    )
     format_rule: Literal["paper", "limits"] = param(
         "paper",
         "the scorer's format rule (pipeline/rollout/score.py): paper = the released scorer (answer, image>answer, "
@@ -75,6 +103,11 @@ class RewardParams:
         if not self.reward_functions:
             raise ValueError("reward_functions: give at least one reward function (e.g. [paper])")
         self.judge.validate()
+        if self.efficiency not in EFFICIENCY:
+            raise ValueError(f"efficiency must be one of {sorted(EFFICIENCY)}, got {self.efficiency!r}")
+        if self.efficiency != "paper" and "paper" not in self.reward_functions:
+            raise ValueError(f"efficiency={self.efficiency} splits the 'paper' reward function into components, but "
+                             "reward_functions has no 'paper' entry; add it or set efficiency: paper")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_functions):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.reward_functions)} "
                              "reward_functions")
@@ -121,6 +154,7 @@ class Scorer:
     def __init__(self, params: RewardParams, protocol: Any, condition: str = "tools", tokenizer: Any = None):
         self.params, self.protocol, self.condition, self.tokenizer = params, protocol, condition, tokenizer
         self._judge = None
+        self._last: tuple[str, list[dict]] | None = None  # components of one batch score it once
 
     def accuracy(self, answer: str | None, gold: str, aliases: Iterable[str], question: str = "") -> float:
         """1/0 (the judge's verdict; F1 gives its score) for the scorer's answer; no answer scores 0."""
@@ -133,6 +167,17 @@ class Scorer:
 
     def score(self, completions: Sequence[Any], answers: Sequence[str], aliases: Sequence[Any] | None = None,
               questions: Sequence[str] | None = None, completion_ids: Sequence[Any] | None = None) -> list[dict]:
+        """One row per completion (trajectory, turns, accuracy, format, reward, penalty); the last batch is kept,
+        so the component reward functions of one TRL call judge it once."""
+        key = repr((completions, answers, aliases, questions, completion_ids))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        rows = self._score(completions, answers, aliases, questions, completion_ids)
+        self._last = (key, rows)
+        return rows
+
+    def _score(self, completions: Sequence[Any], answers: Sequence[str], aliases: Sequence[Any] | None = None,
+               questions: Sequence[str] | None = None, completion_ids: Sequence[Any] | None = None) -> list[dict]:
         n = len(completions)
         aliases = aliases if aliases is not None else [[]] * n
         questions = questions if questions is not None else [""] * n
@@ -202,6 +247,74 @@ def _make(field: str, log: bool) -> Callable[..., Callable[..., list[float]]]:
     return factory
 
 
+def search_cost(search_count: int, penalty: float, per_call: bool = False) -> float:
+    """The searches Eq. 1 charges for, in units of the penalty p: 1 when the rollout searched (0 when not); with
+    `per_call`, (1 - (1 - p) ** n) / p (n when p = 0), so that 1 - p x cost is always the paper's `search_factor`."""
+    if search_count <= 0:
+        return 0.0
+    if not per_call:
+        return 1.0
+    return float(search_count) if penalty == 0 else (1.0 - (1.0 - penalty) ** search_count) / penalty
+
+
+def gdpo_efficiency(rows: Sequence[Mapping[str, Any]], params: RewardParams) -> list[float]:
+    """-acc x search_cost for a correct rollout (acc > 0.99), 0 otherwise: Eq. 1's penalty as its own component."""
+    p = params
+    return [-r["accuracy"] * search_cost(r["trajectory"].search_count, p.search_penalty, p.penalty_per_call)
+            if r["accuracy"] > CORRECT else 0.0 for r in rows]
+
+
+def among_correct_efficiency(rows: Sequence[Mapping[str, Any]], groups: Sequence[Any], params: RewardParams) -> list[float]:
+    """mean(search_cost over the correct rollouts of the group) - search_cost for a correct rollout, 0 for an
+    incorrect one; `groups` holds each rollout's group key (the item id)."""
+    p = params
+    costs = [search_cost(r["trajectory"].search_count, p.search_penalty, p.penalty_per_call) for r in rows]
+    correct = [r["accuracy"] > CORRECT for r in rows]
+    members: dict[Any, list[float]] = {}
+    for g, c, ok in zip(groups, costs, correct, strict=True):
+        if ok:
+            members.setdefault(g, []).append(c)
+    return [sum(members[g]) / len(members[g]) - c if ok else 0.0 for g, c, ok in zip(groups, costs, correct)]
+
+
+def _component(name: str, scorer: Scorer, log: bool) -> Callable[..., list[float]]:
+    """One component (accuracy, format or efficiency) of the `efficiency` switch, on a scorer shared by all three."""
+
+    def reward_fn(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        if "answer" not in kwargs:
+            raise KeyError("reward needs the dataset column 'answer' (and optionally 'aliases') in the train data")
+        rows = scorer.score(completions, kwargs["answer"], kwargs.get("aliases"), kwargs.get("question"),
+                            completion_ids)
+        if log:
+            _log(rows, completions, kwargs)
+        if name != "efficiency":
+            return [r[name] for r in rows]
+        if scorer.params.efficiency == "gdpo":
+            values = gdpo_efficiency(rows, scorer.params)
+        else:
+            if "id" not in kwargs:
+                raise KeyError("efficiency=among_correct groups rollouts by the dataset column 'id'")
+            values = among_correct_efficiency(rows, kwargs["id"], scorer.params)
+        if kwargs.get("log_metric") is not None:
+            kwargs["log_metric"]("reward/efficiency", sum(values) / max(len(values), 1))
+        return values
+
+    reward_fn.__name__ = f"{name}_reward"
+    reward_fn.scorer = scorer  # type: ignore[attr-defined]
+    return reward_fn
+
+
+def efficiency_components(params: RewardParams, protocol: Any, condition: str = "tools",
+                          tokenizer: Any = None) -> tuple[list, list[float]]:
+    """(accuracy, format, efficiency reward functions, their weights (1 - a, a, (1 - a) x p)) for
+    `efficiency` gdpo or among_correct; with weight 1 their weighted sum under gdpo is Eq. 1."""
+    scorer = Scorer(params, protocol, condition, tokenizer)
+    a, p = params.format_weight, params.search_penalty
+    funcs = [_component("accuracy", scorer, log=True), _component("format", scorer, log=False),
+             _component("efficiency", scorer, log=False)]
+    return funcs, [1.0 - a, a, (1.0 - a) * p]
+
+
 # name -> factory(params, protocol, condition, tokenizer) returning a TRL reward function
 REGISTRY: dict[str, Callable[..., Callable[..., list[float]]]] = {
     "paper": _make("reward", log=True),
@@ -229,7 +342,16 @@ def resolve(name: str, params: RewardParams, protocol: Any, condition: str = "to
 
 def reward_functions(params: RewardParams, protocol: Any, condition: str = "tools",
                      tokenizer: Any = None) -> tuple[list, list[float]]:
-    """(reward functions, weights) for `GRPOTrainer(reward_funcs=...)` / `GRPOConfig(reward_weights=...)`."""
-    funcs = [resolve(name, params, protocol, condition, tokenizer) for name in params.reward_functions]
-    weights = list(params.reward_weights) if params.reward_weights else [1.0] * len(funcs)
+    """(reward functions, weights) for `GRPOTrainer(reward_funcs=...)` / `GRPOConfig(reward_weights=...)`; under
+    `efficiency` gdpo or among_correct the 'paper' entry becomes its three components, its weight spread over them."""
+    given = list(params.reward_weights) if params.reward_weights else [1.0] * len(params.reward_functions)
+    funcs, weights = [], []
+    for name, weight in zip(params.reward_functions, given, strict=True):
+        if name == "paper" and params.efficiency != "paper":
+            parts, part_weights = efficiency_components(params, protocol, condition, tokenizer)
+            funcs += parts
+            weights += [weight * w for w in part_weights]
+        else:
+            funcs.append(resolve(name, params, protocol, condition, tokenizer))
+            weights.append(weight)
     return funcs, weights

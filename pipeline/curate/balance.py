@@ -243,6 +243,15 @@ def select(
     return Selection(selected=selected, excluded=excluded, strata=pd.DataFrame(rows))
 
 
+def unbalanced_train(sel: Selection) -> pd.DataFrame:
+    """The train split before the quotas (the unbalanced ablation): every item whose cluster went to train and that
+    was dropped only as "over_quota", plus the balanced train items; validation and test stay as balanced.
+    Rows: the pool columns with `split` = train."""
+    over = sel.excluded[(sel.excluded["reason"] == "over_quota") & (sel.excluded["split"] == "train")]
+    rows = pd.concat([sel.selected[sel.selected["split"] == "train"], over[sel.selected.columns]])
+    return rows.sort_index(kind="stable")
+
+
 def split_schema():
     """Arrow schema (with HF features metadata) of the split files: items, cluster_id, label columns, split."""
     import datasets
@@ -254,8 +263,10 @@ def split_schema():
     return feats.arrow_schema
 
 
-def write_splits(items_path: str | Path, labels_path: str | Path, selected: pd.DataFrame, out_dir: str | Path) -> dict[str, int]:
-    """Stream the deduplicated items into one parquet per split (rows in dedup order); returns rows per split."""
+def write_splits(items_path: str | Path, labels_path: str | Path, selected: pd.DataFrame, out_dir: str | Path,
+                 files: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Stream the deduplicated items into one parquet per split (rows in dedup order): `<out_dir>/<name>.parquet`
+    for each split -> name of `files` (default: every split under its own name); returns rows per split."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -269,9 +280,10 @@ def write_splits(items_path: str | Path, labels_path: str | Path, selected: pd.D
         labels["label"] = [LABELS[i] for i in labels["label"]]
     label_cols = [k for k in LABEL_FEATURES if k != "id"]
     split_of = dict(zip(selected["id"], selected["split"]))
-    counts = {s: 0 for s in SPLITS}
-    tmp = {s: out_dir / f"{s}.parquet.tmp" for s in SPLITS}
-    writers = {s: pq.ParquetWriter(tmp[s], schema, compression="zstd", write_statistics=True) for s in SPLITS}
+    files = dict(files or {s: s for s in SPLITS})
+    counts = {s: 0 for s in files}
+    tmp = {s: out_dir / f"{name}.parquet.tmp" for s, name in files.items()}
+    writers = {s: pq.ParquetWriter(tmp[s], schema, compression="zstd", write_statistics=True) for s in files}
     try:
         pf = pq.ParquetFile(items_path)
         item_cols = [n for n in schema.names if n in pf.schema_arrow.names]
@@ -284,7 +296,7 @@ def write_splits(items_path: str | Path, labels_path: str | Path, selected: pd.D
             for col in label_cols:
                 t = t.append_column(col, pa.array(lab[col].tolist(), type=schema.field(col).type, from_pandas=True))
             t = t.append_column("split", pa.array(splits, pa.string()))
-            for s in SPLITS:
+            for s in files:
                 part = t.filter(pa.array([x == s for x in splits], pa.bool_()))
                 if part.num_rows:
                     writers[s].write_table(part.select(schema.names).cast(schema), row_group_size=256)
@@ -292,8 +304,8 @@ def write_splits(items_path: str | Path, labels_path: str | Path, selected: pd.D
     finally:
         for w in writers.values():
             w.close()
-    for s in SPLITS:
-        tmp[s].replace(out_dir / f"{s}.parquet")
+    for s, name in files.items():
+        tmp[s].replace(out_dir / f"{name}.parquet")
     if sum(counts.values()) != len(selected):
         raise RuntimeError(f"{len(selected)} items selected but {sum(counts.values())} written; was {items_path} changed meanwhile?")
     return counts

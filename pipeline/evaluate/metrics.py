@@ -18,6 +18,11 @@ Conventions used by every metric below:
   *search-free* subset is `search_free`. Items without a label (an extra benchmark with no label column, or an
   `unanswerable` item) belong to neither subset.
 - A rate whose denominator is empty is `None` (JSON null), never 0: "no search-free items" is not "no over-search".
+- Every rate and ratio comes with a 95% interval in `ci95` ({metric: {"lo", "hi"}}, None where the figure is None):
+  proportions (WILSON_KEYS) get the Wilson score interval over their own denominator (trajectories, or executed
+  calls for tool_failure_rate; trajectories of one item are taken as independent, exact with one sample per item);
+  ratios of sums (BOOTSTRAP_KEYS) get a percentile bootstrap over items (an item's trajectories move together),
+  BOOTSTRAP_RESAMPLES resamples from a fixed seed, resamples where the ratio is undefined left out.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import json
 import math
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from pipeline.schema import SEARCH_REQUIRED
 
@@ -49,6 +56,7 @@ METRIC_KEYS = (
     "over_search_rate",
     "under_search_rate",
     "searches_per_correct",
+    "tool_productivity",
     "tool_calls",
     "failed_tool_calls",
     "refused_tool_calls",
@@ -60,6 +68,16 @@ METRIC_KEYS = (
     "completion_tokens_per_item",
     "tokens_per_item",
 )
+# figures with a Wilson interval (proportions) and with a bootstrap interval over items (ratios of sums)
+WILSON_KEYS = (
+    "accuracy", "search_ratio", "image_search_ratio", "text_search_ratio", "accuracy_search_required",
+    "accuracy_search_free", "over_search_rate", "under_search_rate", "tool_failure_rate", "invalid_format_rate",
+    "no_answer_rate", "error_rate",
+)
+BOOTSTRAP_KEYS = ("search_calls_per_rollout", "searches_per_correct", "tool_productivity")
+Z95 = 1.959963984540054  # standard normal quantile of 0.975
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -92,6 +110,40 @@ def is_correct(row: Mapping[str, Any]) -> bool:
     return bool(row.get("correct")) and bool((row.get("final_answer") or "").strip())
 
 
+def wilson(k: int, n: int, z: float = Z95) -> dict[str, float] | None:
+    """Wilson score interval of the proportion k / n ({"lo", "hi"}); None when n is 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # the bounds at k = 0 and k = n are exactly 0 and 1 (the formula leaves float noise there)
+    return {"lo": 0.0 if k == 0 else centre - half, "hi": 1.0 if k == n else centre + half}
+
+
+def bootstrap_ratios(per_item: Mapping[str, tuple[Sequence[float], Sequence[float]]], resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> dict[str, dict[str, float] | None]:
+    """Percentile 95% intervals of sum(num) / sum(den) when items are drawn with replacement.
+
+    per_item: figure -> (numerator per item, denominator per item), all over the same items, which one set of
+    resampled indices serves. Resamples with a zero denominator are left out; None when no resample is defined.
+    """
+    out: dict[str, dict[str, float] | None] = {}
+    n = len(next(iter(per_item.values()))[0]) if per_item else 0
+    if n == 0:
+        return {key: None for key in per_item}
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    for key, (num, den) in per_item.items():
+        nums, dens = np.asarray(num, float)[idx].sum(axis=1), np.asarray(den, float)[idx].sum(axis=1)
+        ok = dens > 0
+        if not ok.any():
+            out[key] = None
+            continue
+        lo, hi = np.quantile(nums[ok] / dens[ok], [0.025, 0.975])
+        out[key] = {"lo": float(lo), "hi": float(hi)}
+    return out
+
+
 def tool_call_outcomes(row: Mapping[str, Any]) -> tuple[int, int, int]:
     """(executed, failed, refused) tool calls of the trajectory's `tool_calls` records.
 
@@ -118,7 +170,7 @@ def subset_of(label: str | None) -> str | None:
 
 
 def compute_metrics(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-    """All metrics of one group of trajectories (one model x mode x dataset), keys = METRIC_KEYS.
+    """All metrics of one group of trajectories (one model x mode x dataset), keys = METRIC_KEYS, then ci95.
 
     rows: rollout rows (ROLLOUT_FEATURES). labels: item_id -> label string (None / missing = unlabelled).
 
@@ -133,12 +185,15 @@ def compute_metrics(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str 
       trajectories.
     - searches_per_correct: search calls of all trajectories / correct trajectories (None with no correct one):
       what each correct answer cost in searches.
+    - tool_productivity: correct trajectories / search calls (OTC-PO's tool productivity; None when no search call
+      was made, e.g. direct mode: undefined, not 0 and not infinite).
     - tool_calls, failed_tool_calls, refused_tool_calls: counts from the `tool_calls` records (see
       `tool_call_outcomes`); tool_failure_rate: failed / executed calls (None when no tool ran).
     - invalid_format_rate: trajectories with `valid_format` false / trajectories; no_answer_rate: trajectories with
       an empty `final_answer`; error_rate: trajectories with a non-empty `error` (engine or tool problem).
     - prompt_tokens_per_item, completion_tokens_per_item, tokens_per_item: tokens summed over an item's
       trajectories, averaged over items (forced turns of the rag workflow generate no tokens).
+    - ci95: the 95% interval of every figure of WILSON_KEYS and BOOTSTRAP_KEYS (see the module docstring).
     """
     labels = labels or {}
     rows = list(rows)
@@ -161,36 +216,80 @@ def compute_metrics(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str 
     prompt = sum(int(r.get("prompt_tokens") or 0) for r in rows)
     completion = sum(int(r.get("completion_tokens") or 0) for r in rows)
 
+    # (numerator, denominator) of every proportion: the figure is their ratio, its interval Wilson's
+    counts = {
+        "accuracy": (n_correct, n),
+        "search_ratio": (sum(sum(c.values()) > 0 for c in calls), n),
+        "image_search_ratio": (sum(c["image_search"] > 0 for c in calls), n),
+        "text_search_ratio": (sum(c["text_search"] > 0 for c in calls), n),
+        "accuracy_search_required": (sum(is_correct(r) for r in req), len(req)),
+        "accuracy_search_free": (sum(is_correct(r) for r in free), len(free)),
+        "over_search_rate": (sum(searched(r) for r in free), len(free)),
+        "under_search_rate": (sum((not searched(r)) and not is_correct(r) for r in req), len(req)),
+        "tool_failure_rate": (failed, executed),
+        "invalid_format_rate": (sum(not r.get("valid_format", True) for r in rows), n),
+        "no_answer_rate": (sum(not (r.get("final_answer") or "").strip() for r in rows), n),
+        "error_rate": (sum(bool((r.get("error") or "").strip()) for r in rows), n),
+    }
+    rates = {k: ratio(*v) for k, v in counts.items()}
     out = {
         "n_items": len(items),
         "n_rollouts": n,
-        "accuracy": ratio(n_correct, n),
-        "search_ratio": ratio(sum(sum(c.values()) > 0 for c in calls), n),
-        "image_search_ratio": ratio(sum(c["image_search"] > 0 for c in calls), n),
-        "text_search_ratio": ratio(sum(c["text_search"] > 0 for c in calls), n),
+        "accuracy": rates["accuracy"],
+        "search_ratio": rates["search_ratio"],
+        "image_search_ratio": rates["image_search_ratio"],
+        "text_search_ratio": rates["text_search_ratio"],
         "search_calls_per_rollout": ratio(n_calls, n),
         "image_search_calls_per_rollout": ratio(sum(c["image_search"] for c in calls), n),
         "text_search_calls_per_rollout": ratio(sum(c["text_search"] for c in calls), n),
         "n_search_required": len({r["item_id"] for r in req}),
         "n_search_free": len({r["item_id"] for r in free}),
-        "accuracy_search_required": ratio(sum(is_correct(r) for r in req), len(req)),
-        "accuracy_search_free": ratio(sum(is_correct(r) for r in free), len(free)),
-        "over_search_rate": ratio(sum(searched(r) for r in free), len(free)),
-        "under_search_rate": ratio(sum((not searched(r)) and not is_correct(r) for r in req), len(req)),
+        "accuracy_search_required": rates["accuracy_search_required"],
+        "accuracy_search_free": rates["accuracy_search_free"],
+        "over_search_rate": rates["over_search_rate"],
+        "under_search_rate": rates["under_search_rate"],
         "searches_per_correct": ratio(n_calls, n_correct),
+        "tool_productivity": ratio(n_correct, n_calls),
         "tool_calls": executed,
         "failed_tool_calls": failed,
         "refused_tool_calls": refused,
-        "tool_failure_rate": ratio(failed, executed),
-        "invalid_format_rate": ratio(sum(not r.get("valid_format", True) for r in rows), n),
-        "no_answer_rate": ratio(sum(not (r.get("final_answer") or "").strip() for r in rows), n),
-        "error_rate": ratio(sum(bool((r.get("error") or "").strip()) for r in rows), n),
+        "tool_failure_rate": rates["tool_failure_rate"],
+        "invalid_format_rate": rates["invalid_format_rate"],
+        "no_answer_rate": rates["no_answer_rate"],
+        "error_rate": rates["error_rate"],
         "prompt_tokens_per_item": ratio(prompt, len(items)),
         "completion_tokens_per_item": ratio(completion, len(items)),
         "tokens_per_item": ratio(prompt + completion, len(items)),
     }
     assert tuple(out) == METRIC_KEYS
+    out["ci95"] = intervals(rows, counts, out)
     return out
+
+
+def per_item_sums(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Per item (in first-met order): its trajectories, correct trajectories and search calls."""
+    acc: dict[str, list[int]] = {}
+    for r in rows:
+        t = acc.setdefault(r["item_id"], [0, 0, 0])
+        t[0] += 1
+        t[1] += is_correct(r)
+        t[2] += sum(search_calls(r).values())
+    return {"trajectories": [t[0] for t in acc.values()], "correct": [t[1] for t in acc.values()],
+            "calls": [t[2] for t in acc.values()]}
+
+
+def intervals(rows: Sequence[Mapping[str, Any]], counts: Mapping[str, tuple[int, int]],
+              figures: Mapping[str, Any]) -> dict[str, dict[str, float] | None]:
+    """ci95 of `compute_metrics`: Wilson for the proportions in `counts`, the item bootstrap for the ratios
+    (None wherever the figure itself is None)."""
+    ci: dict[str, dict[str, float] | None] = {k: wilson(*counts[k]) for k in WILSON_KEYS}
+    s = per_item_sums(rows)
+    ci.update(bootstrap_ratios({
+        "search_calls_per_rollout": (s["calls"], s["trajectories"]),
+        "searches_per_correct": (s["calls"], s["correct"]),
+        "tool_productivity": (s["correct"], s["calls"]),
+    }))
+    return {k: (ci[k] if figures[k] is not None else None) for k in (*WILSON_KEYS, *BOOTSTRAP_KEYS)}
 
 
 def group_key(row: Mapping[str, Any]) -> tuple[str, str, str]:

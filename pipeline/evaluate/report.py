@@ -27,6 +27,14 @@ def num(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def with_ci(m: Mapping[str, Any], key: str, fmt=pct) -> str:
+    """A figure with its 95% interval from the metrics' `ci95`: '55.0 [45.2–64.5]'; the figure alone when it has
+    no interval."""
+    ci = (m.get("ci95") or {}).get(key)
+    text = fmt(m.get(key))
+    return text if ci is None or m.get(key) is None else f"{text} [{fmt(ci['lo'])}–{fmt(ci['hi'])}]"
+
+
 def _get(metrics: Nested, model: str, mode: str, dataset: str, key: str) -> Any:
     return metrics.get(model, {}).get(mode, {}).get(dataset, {}).get(key)
 
@@ -59,58 +67,64 @@ def with_summaries(metrics: Nested, datasets: Sequence[str]) -> dict:
 
 
 def render_table(metrics: Nested, models: Sequence[str], modes: Sequence[str], datasets: Sequence[str]) -> str:
-    """Markdown shaped like the paper's Table 1: one row per model x mode (grouped by mode), one column pair
-    (Acc %, SR %) per dataset, the unweighted average first; then one search-efficiency table per dataset."""
+    """Markdown shaped like the paper's Table 1: one row per model x mode (grouped by mode), the unweighted average
+    first, then per dataset n (trajectories), Acc % and SR % with their 95% intervals; then one search-efficiency
+    table per dataset."""
     lines = [
         "# Evaluation",
         "",
-        "Acc: accuracy (%), SR: search ratio (% of trajectories with at least one search call). "
-        "Avg: unweighted mean over the datasets. '–': no trajectories (or an empty subset).",
+        "Acc: accuracy (%), SR: search ratio (% of trajectories with at least one search call), each with its 95% "
+        "Wilson interval in brackets; n: trajectories of the cell (one per item with one sample). Avg: unweighted "
+        "mean over the datasets (no interval). '–': no trajectories (or an empty subset).",
         "",
     ]
-    cols = [AVG] + list(datasets)
-    header = "| Mode | Model | " + " | ".join(f"{'Avg' if d == AVG else d} Acc | {'Avg' if d == AVG else d} SR" for d in cols) + " |"
-    lines += [header, "|" + "---|" * 2 + "---:|" * (2 * len(cols))]
+    header = "| Mode | Model | Avg Acc | Avg SR | " + " | ".join(f"{d} n | {d} Acc | {d} SR" for d in datasets) + " |"
+    lines += [header, "|" + "---|" * 2 + "---:|" * (2 + 3 * len(datasets))]
     for mode in modes:
         for model in models:
-            cells = []
-            for d in cols:
-                if d == AVG:
-                    acc = mean_or_none(_get(metrics, model, mode, x, "accuracy") for x in datasets)
-                    sr = mean_or_none(_get(metrics, model, mode, x, "search_ratio") for x in datasets)
-                else:
-                    acc, sr = _get(metrics, model, mode, d, "accuracy"), _get(metrics, model, mode, d, "search_ratio")
-                cells += [pct(acc), pct(sr)]
+            cells = [pct(mean_or_none(_get(metrics, model, mode, x, key) for x in datasets))
+                     for key in ("accuracy", "search_ratio")]
+            for d in datasets:
+                m = metrics.get(model, {}).get(mode, {}).get(d) or {}
+                cells += [str(m["n_rollouts"]) if m else "–", with_ci(m, "accuracy"), with_ci(m, "search_ratio")]
             lines.append(f"| {MODE_TITLES.get(mode, mode)} | {model} | " + " | ".join(cells) + " |")
     for d in datasets:
         lines += [
             "",
             f"## {d}: search efficiency",
             "",
-            "| Mode | Model | Items | Acc | Acc req. | Acc free | SR | Over-search | Under-search | Calls/traj. "
-            "| Searches/correct | Tool fail | Invalid fmt | Tokens/item |",
-            "|---|---|" + "---:|" * 12,
+            "| Mode | Model | Items (req./free) | Traj. | Acc | Acc req. | Acc free | SR | Over-search | Under-search "
+            "| Calls/traj. | Searches/correct | Tool prod. | Tool fail | Invalid fmt | Tokens/item |",
+            "|---|---|" + "---:|" * 14,
         ]
         for mode in modes:
             for model in models:
                 m = metrics.get(model, {}).get(mode, {}).get(d)
-                if not m:
-                    continue
-                lines.append(
-                    f"| {MODE_TITLES.get(mode, mode)} | {model} | {m['n_items']} | {pct(m['accuracy'])} "
-                    f"| {pct(m['accuracy_search_required'])} | {pct(m['accuracy_search_free'])} | {pct(m['search_ratio'])} "
-                    f"| {pct(m['over_search_rate'])} | {pct(m['under_search_rate'])} | {num(m['search_calls_per_rollout'])} "
-                    f"| {num(m['searches_per_correct'])} | {pct(m['tool_failure_rate'])} | {pct(m['invalid_format_rate'])} "
-                    f"| {num(m['tokens_per_item'], 0)} |"
-                )
+                if m:
+                    lines.append(f"| {MODE_TITLES.get(mode, mode)} | {model} | " + " | ".join(efficiency_cells(m)) + " |")
     lines += [
         "",
-        "Acc req. / Acc free: accuracy on the search-required / search-free items. Over-search: share of search-free "
-        "trajectories that searched. Under-search: share of search-required trajectories that answered wrongly "
-        "without searching. Definitions: `pipeline/evaluate/metrics.py`.",
+        "Items (req./free): evaluated items (of them search-required / search-free). Acc req. / Acc free: accuracy on "
+        "the search-required / search-free items. Over-search: share of search-free trajectories that searched. "
+        "Under-search: share of search-required trajectories that answered wrongly without searching. Tool prod.: "
+        "correct answers per search call (OTC-PO's tool productivity; '–' without search calls). Brackets: 95% "
+        "intervals, Wilson for the shares, a seeded bootstrap over items for Calls/traj., Searches/correct and Tool "
+        "prod. Definitions: `pipeline/evaluate/metrics.py`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def efficiency_cells(m: Mapping[str, Any]) -> list[str]:
+    """The cells of one model x mode row of a dataset's search-efficiency table (after Mode and Model)."""
+    return [
+        f"{m['n_items']} ({m['n_search_required']}/{m['n_search_free']})", str(m["n_rollouts"]),
+        with_ci(m, "accuracy"), with_ci(m, "accuracy_search_required"), with_ci(m, "accuracy_search_free"),
+        with_ci(m, "search_ratio"), with_ci(m, "over_search_rate"), with_ci(m, "under_search_rate"),
+        with_ci(m, "search_calls_per_rollout", num), with_ci(m, "searches_per_correct", num),
+        with_ci(m, "tool_productivity", num), with_ci(m, "tool_failure_rate"), with_ci(m, "invalid_format_rate"),
+        num(m["tokens_per_item"], 0),
+    ]
 
 
 def plot_records(metrics: Nested, models: Sequence[str], modes: Sequence[str], dataset: str) -> list[dict]:
