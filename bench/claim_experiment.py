@@ -1,0 +1,194 @@
+"""The paper's claim as DVC experiments: fewer searches at the same accuracy, and what each ingredient does.
+
+    python bench/claim_experiment.py [--runs baseline,no_penalty,no_balance,gdpo,among_correct]
+                                     [--set train.max_steps=12 --set evaluate.max_items=48 ...] [--out bench/claim]
+                                     [--dry]
+
+Runs one `dvc exp run -n claim-<run>-<time>` per run, one after the other, in this workspace (a finished `dvc repro`: only
+the train and evaluate stages re-run, plus balance for nothing). The runs (the issue's ablations, MMSearch-R1 Table 1
+and its section 4):
+  baseline       the paper's fixed search penalty on search-balanced data (train.efficiency=paper)
+  no_penalty     train.search_penalty=0.0: nothing rewards answering without search
+  no_balance     train.data=unbalanced: the train clusters before the balance quotas
+  gdpo           train.efficiency=gdpo: accuracy, format and penalty normalised each on its own (TRL normalize_then_sum)
+  among_correct  train.efficiency=among_correct: the efficiency term among the group's correct rollouts only
+Every run restates every key any run changes (the others' values are this workspace's params.yaml), so no run
+inherits another's override; `--set` overrides apply to all runs (the training and evaluation budget). The baseline
+runs last, so the workspace ends on it (with the `--set` budget: `git checkout params.yaml dvc.lock && dvc checkout`
+returns to the commit); `dvc exp show` lists the runs.
+
+After each run it copies data/evaluate/metrics.json and data/train/curves.tsv to <out>/<run>/, and at the end writes
+<out>/table.md (one row per run: the trained policy's on-demand accuracy and search ratio with 95% intervals, RAG's,
+the search cut vs RAG, the accuracy gap, over-search on search-free items vs the base labeler, tool productivity) and
+<out>/curves.png (search ratio and accuracy reward over training steps, one line per run). Prints the table.
+`--report-only` rebuilds table and plot from <out>/ without running anything.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+RUNS = {
+    "no_penalty": {"train.search_penalty": 0.0},
+    "no_balance": {"train.data": "unbalanced"},
+    "gdpo": {"train.efficiency": "gdpo"},
+    "among_correct": {"train.efficiency": "among_correct"},
+    "baseline": {},
+}
+COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv": "curves.tsv",
+          "data/train/metrics.json": "train_metrics.json"}  # kept per run under <out>/<run>/
+ORDER = ["no_penalty", "no_balance", "gdpo", "among_correct", "baseline"]  # baseline last: the workspace ends on it
+
+
+def param_value(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise SystemExit(f"params.yaml has no key {dotted!r}: check the name (a run or --set refers to it)")
+        node = node[part]
+    return node
+
+
+def run_commands(runs: list[str], params: dict, extra: dict[str, str], stamp: str) -> list[tuple[str, list[str]]]:
+    """(run, dvc command) per run: every key any run changes, at the run's value or the workspace's; experiments are
+    named claim-<run>-<stamp> (a name is unique per baseline commit, so a re-run needs a new one)."""
+    keys = sorted({k for r in runs for k in RUNS[r]})
+    out = []
+    for r in runs:
+        values = {k: RUNS[r].get(k, param_value(params, k)) for k in keys}
+        values.update(extra)
+        sets = [a for k, v in values.items() for a in ("-S", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+        out.append((r, ["dvc", "exp", "run", "-n", f"claim-{r}-{stamp}", *sets]))
+    return out
+
+
+def figure(metrics: dict, model: str, mode: str, key: str):
+    group = metrics.get(model, {}).get(mode, {}).get("test", {})
+    return group.get(key), (group.get("ci95") or {}).get(key)
+
+
+def fmt(value, ci=None, pct=True) -> str:
+    if value is None:
+        return "–"
+    scale = 100 if pct else 1
+    text = f"{value * scale:.1f}" if pct else f"{value:.2f}"
+    return text + (f" [{ci['lo'] * scale:.0f}, {ci['hi'] * scale:.0f}]" if ci and pct else "")
+
+
+def table(out: Path, runs: list[str]) -> str:
+    rows = ["| Run | n | On-demand Acc | On-demand SR | RAG Acc | SR cut vs RAG | Acc vs RAG (pts) | Over-search "
+            "(trained / base) | Tool productivity |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        path = out / r / "metrics.json"
+        if not path.is_file():
+            rows.append(f"| {r} | – | (not run) | | | | | | |")
+            continue
+        m = json.loads(path.read_text())
+        acc, acc_ci = figure(m, "trained", "on_demand", "accuracy")
+        sr, sr_ci = figure(m, "trained", "on_demand", "search_ratio")
+        rag_acc, rag_ci = figure(m, "trained", "rag", "accuracy")
+        rag_sr, _ = figure(m, "trained", "rag", "search_ratio")
+        over, _ = figure(m, "trained", "on_demand", "over_search_rate")
+        base_over, _ = figure(m, "base", "on_demand", "over_search_rate")
+        prod, _ = figure(m, "trained", "on_demand", "tool_productivity")
+        n, _ = figure(m, "trained", "on_demand", "n_items")
+        cut = f"{(1 - sr / rag_sr) * 100:.0f}%" if sr is not None and rag_sr else "–"
+        gap = f"{(acc - rag_acc) * 100:+.1f}" if acc is not None and rag_acc is not None else "–"
+        rows.append(f"| {r} | {n} | {fmt(acc, acc_ci)} | {fmt(sr, sr_ci)} | {fmt(rag_acc, rag_ci)} | {cut} | {gap} | "
+                    f"{fmt(over)} / {fmt(base_over)} | {fmt(prod, pct=False)} |")
+    return "\n".join(rows) + "\n"
+
+
+def read_curves(path: Path) -> dict[str, list[float]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    col = lambda k: [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]  # noqa: E731
+    return {"step": col("step"), "search/ratio": col("search/ratio"), "reward/accuracy": col("reward/accuracy")}
+
+
+def plot(out: Path, runs: list[str]) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for r in runs:
+        path = out / r / "curves.tsv"
+        if not path.is_file():
+            continue
+        c = read_curves(path)
+        axes[0].plot(c["step"], c["search/ratio"], marker="o", label=r)
+        axes[1].plot(c["step"], c["reward/accuracy"], marker="o", label=r)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, title in zip(axes, ("search ratio of the rollouts", "accuracy reward of the rollouts")):
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    return out / "curves.png"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default=",".join(ORDER), help="comma-separated runs, of: " + ", ".join(ORDER))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override for every run, e.g. train.max_steps=12 (repeatable)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", default="bench/claim", help="per-run copies, table.md and curves.png go here")
+    ap.add_argument("--dry", action="store_true", help="print the dvc commands only")
+    ap.add_argument("--report-only", action="store_true", help="rebuild table.md and curves.png from --out")
+    args = ap.parse_args()
+    wanted = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = sorted(set(wanted) - set(RUNS))
+    if unknown:
+        raise SystemExit(f"unknown run(s) {unknown}: use some of {', '.join(ORDER)}")
+    runs = sorted(wanted, key=ORDER.index)
+    extra = {}
+    for s in args.set:
+        key, sep, value = s.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {s!r}: use KEY=VALUE, e.g. train.max_steps=12")
+        extra[key.strip()] = value.strip()
+    params = yaml.safe_load(Path(args.params).read_text())
+    for key in extra:
+        param_value(params, key)  # a misspelt key stops here, before any run
+    out = Path(args.out)
+    if not args.report_only:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name, cmd in run_commands(runs, params, extra, stamp):
+            print("$ " + " ".join(cmd), flush=True)
+            if args.dry:
+                continue
+            done = subprocess.run(cmd)
+            if done.returncode:
+                raise SystemExit(f"run {name} failed (exit {done.returncode}); the runs before it are in {out}/")
+            (out / name).mkdir(parents=True, exist_ok=True)
+            for src, dst in COPIED.items():
+                shutil.copy(src, out / name / dst)
+    if args.dry:
+        return
+    text = table(out, runs)
+    (out / "table.md").write_text(text)
+    png = plot(out, runs)
+    print(text + (f"plot: {png}" if png else "no curves to plot"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
