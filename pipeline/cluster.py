@@ -39,7 +39,7 @@ def client(scheduler: str, workers: int = 2, *, connect_timeout: float = 30.0):
 
     check(scheduler)
     if scheduler == LOCAL_CLUSTER:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \
                 Client(cl) as c:
             yield c
         return
