@@ -42,8 +42,24 @@ def part_name(index: int) -> str:
     return f"part-{index:06d}"
 
 
-def _process_partition(rows: list[dict], source: str, opts: ImageParams, require_image: bool) -> list[tuple[str, dict]]:
-    return [process_row(r, source, opts, require_image) for r in rows]
+class Rows:
+    """A list of raw rows passed to a dask task as one opaque value: dask neither hashes nor walks it (a bag made
+    with from_sequence tokenizes every row, which cost more than the rows' processing)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __getstate__(self):
+        return self.rows
+
+    def __setstate__(self, rows):
+        self.rows = rows
+
+
+def _process_partition(rows: Rows, source: str, opts: ImageParams, require_image: bool) -> list[tuple[str, dict]]:
+    return [process_row(r, source, opts, require_image) for r in rows.rows]
 
 
 def batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -58,10 +74,13 @@ def batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 def _compute(rows: list[dict], kwargs: dict, source: str, opts: ImageParams, require_image: bool,
              partition_size: int) -> list[tuple[str, dict]]:
-    import dask.bag as db
+    """One dask task per `partition_size` rows; results concatenated in input order."""
+    import dask
 
-    bag = db.from_sequence(rows, partition_size=max(1, partition_size))
-    return bag.map_partitions(_process_partition, source, opts, require_image).compute(**kwargs)
+    size = max(1, partition_size)
+    tasks = [dask.delayed(_process_partition, pure=False)(Rows(rows[i:i + size]), source, opts, require_image)
+             for i in range(0, len(rows), size)]
+    return [r for part in dask.compute(*tasks, **kwargs) for r in part]
 
 
 def to_table(results: list[tuple[str, dict]]):
