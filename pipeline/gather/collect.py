@@ -20,10 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from pipeline import runs
 from pipeline.images import ImageParams
 from pipeline.io import write_exclusions, write_json
 from pipeline.schema import ITEM_COLUMNS, ITEM_FEATURES, ROW_GROUP_ROWS, write_items, write_table
-from pipeline import cluster, runs
 from pipeline.gather.convert import Finalizer, finalize
 from pipeline.gather.parts import PartStats, from_table, part_name, process_parts
 

@@ -22,8 +22,6 @@ from pipeline import cluster, runs
 from pipeline.gather.convert import process_row
 from pipeline.images import ImageParams
 
-PART_SCHEMA_FIELDS = ("kind", "row")
-
 
 @dataclasses.dataclass
 class PartStats:
