@@ -17,8 +17,8 @@ leftover temporary or unknown part files are removed.
         run.clear_stale()
 
 `run_units(...)` does the same in one call. `execute(..., map_units=dask_map(scheduler, workers))` runs the units on
-dask (local threads or processes, or a `tcp://` distributed scheduler); results come back to this process, which
-writes the parts, so workers need no shared disk. Without a parts folder (`parts_dir=None`) parts stay in memory.
+dask (local threads or processes, a `local-cluster`, or a `tcp://` distributed scheduler); results come back to this
+process, which writes the parts, so workers need no shared disk. Without a parts folder (`parts_dir=None`) parts stay in memory.
 
 Training keeps TRL's checkpoints; it uses `fingerprint`, `path_digest` and `claim` (a folder made under another
 fingerprint is cleared before it could mix two runs). Reads and writes only the folders it is given.
@@ -136,10 +136,16 @@ def sequential_map(produce: Produce, units: Sequence[Any]) -> Iterator[tuple[Any
 
 def dask_map(scheduler: str = "threads", workers: int = 2) -> MapUnits:
     """An executor on dask: "synchronous", "threads", "processes" (`workers` local workers, one pool for the whole
-    run) or a distributed scheduler address "tcp://host:8786". `produce` must be picklable for processes and
-    distributed workers (a module-level function or a functools.partial of one)."""
-    if "://" not in scheduler and scheduler not in ("synchronous", "sync", "single-threaded", "threads", "processes"):
-        raise ValueError(f"unknown dask scheduler {scheduler!r}: use synchronous, threads, processes or tcp://host:port")
+    run), "local-cluster" (a dask.distributed LocalCluster of `workers` processes) or a distributed scheduler
+    address "tcp://host:8786" (see pipeline/cluster.py). `produce` must be picklable for processes and distributed
+    workers (a module-level function or a functools.partial of one)."""
+    from pipeline import cluster
+
+    if scheduler not in ("sync", "single-threaded"):
+        try:
+            cluster.check(scheduler)
+        except ValueError:
+            raise ValueError(f"unknown dask scheduler {scheduler!r}: use {cluster.HELP}") from None
 
     def run(produce: Produce, units: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
         import dask
@@ -148,10 +154,10 @@ def dask_map(scheduler: str = "threads", workers: int = 2) -> MapUnits:
         if not units:
             return
         tasks = [dask.delayed(produce, pure=False)(u) for u in units]
-        if "://" in scheduler:
-            from dask.distributed import Client, as_completed
+        if cluster.is_distributed(scheduler):
+            from dask.distributed import as_completed
 
-            with Client(scheduler) as client:
+            with cluster.client(scheduler, workers) as client:
                 futures = client.compute(tasks)
                 where = {f.key: k for k, f in enumerate(futures)}
                 for fut in as_completed(futures):

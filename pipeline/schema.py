@@ -104,12 +104,15 @@ def write_items(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> i
     return table.num_rows
 
 
+ROW_GROUP_ROWS = 256  # rows per parquet row group of every file write_table writes
+
+
 def write_table(table: pa.Table, path: str | os.PathLike) -> None:
     """Atomic, deterministic parquet write (no timestamps in the file, fixed row groups)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=256, write_statistics=True)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True)
     os.replace(tmp, path)
 
 

@@ -14,6 +14,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
+from pipeline import cluster
 from pipeline.config import param
 from pipeline.dedup.contamination import EvalSet
 
@@ -31,8 +32,8 @@ class Params:
     template_min_count: int = param(5, help="a normalised question in at least this many items is a template: it links no items and is no contamination on its own (0: no templates)")
     link_entity: bool = param(True, help="items about the same non-empty entity share a cluster (splits never share entities)")
     eval_sets: list[EvalSet] = param([], help="evaluation sets to keep out of the pool: [{path, name, columns: {id, question, image}}]")
-    scheduler: str = param("processes", help="dask scheduler for hashing: synchronous, threads, processes, or a distributed address tcp://host:8786")
-    workers: int = param(2, help="local dask workers for hashing")
+    scheduler: str = param("processes", help="where hashing runs: " + cluster.HELP + "; see README 'Scale out'")
+    workers: int = param(2, help="dask workers for hashing with threads / processes / local-cluster")
     chunk_rows: int = param(512, help="rows per hashing task (whole parquet row groups)")
     examples: int = param(20, help="examples per section of report.json")
 
@@ -47,6 +48,7 @@ class Params:
             raise ValueError("crop_scales must lie in [0.3, 1)")
         if self.crop_grid < 1 or self.workers < 1 or self.chunk_rows < 1:
             raise ValueError("crop_grid, workers and chunk_rows must be at least 1")
+        cluster.check(self.scheduler)
         if not self.sources:
             raise ValueError("sources is empty: name at least one gather source")
 

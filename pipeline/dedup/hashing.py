@@ -160,8 +160,9 @@ def hash_files(
 ) -> tuple[np.ndarray, list[str], dict]:
     """Hash the images of items files, rows in file order: (hashes (n, n_variants), errors, stats).
 
-    `scheduler`: "synchronous", "threads", "processes" (dask local schedulers, `workers` of them) or the address
-    of a dask distributed scheduler ("tcp://host:8786"). Chunks are the units of a `pipeline.runs.Run` whose parts
+    `scheduler`: "synchronous", "threads", "processes" (dask local schedulers, `workers` of them),
+    "local-cluster" (a dask.distributed LocalCluster of `workers` processes) or the address of a running dask
+    distributed scheduler ("tcp://host:8786"); see pipeline/cluster.py. Chunks are the units of a `pipeline.runs.Run` whose parts
     live in `cache_dir/<fingerprint of the spec>/` (None: no cache): chunks found there are not recomputed, and
     after a complete run parts of other specs and of chunks no longer present are removed.
     """

@@ -35,6 +35,7 @@ class SourceParams:
     config: str = param("", help="hf: dataset config name ('' = default)")
     split: str = param("train", help="hf: split to read")
     revision: str = param("", help="hf: pinned Hub revision (commit sha or tag); '' = main")
+    streaming: bool = param(True, help="hf: read a Hub dataset or a data-files folder as a stream, batch by batch (false: convert it to Arrow first, as datasets does by default)")
     columns: dict[str, str] = param({}, help="item field -> source column, for fields: " + ", ".join(ITEM_TARGETS) + " (unmapped fields use the same name)")
     image_root: str = param("", help="folder that relative image paths are resolved against ('' = the data file's folder)")
     license: str = param("", help="licence recorded on items whose row has none")

@@ -1,7 +1,8 @@
 """The common step of every source: raw rows -> items (ITEM_FEATURES) or quarantine rows with a reason.
 
 `convert_row` does the per-row work (load + normalise the image, check and decode the text) and is what dask runs
-in partitions; `finalize` then drops duplicate ids in input order, so the result does not depend on partitioning.
+in partitions; `finalize` (or `Finalizer`, one row at a time) then drops duplicate ids in input order, so the result
+does not depend on partitioning.
 Reads image files named by rows; writes nothing.
 """
 from __future__ import annotations
@@ -171,32 +172,48 @@ def _plain(v: Any) -> bool:
     return v is None or isinstance(v, (bool, int, float, bytes, bytearray, list, dict)) and not hasattr(v, "load")
 
 
+class Finalizer:
+    """Duplicate removal in input order, one result at a time (the whole source never needs to be in memory): a
+    later row repeating a source id or an item id becomes a duplicate_id quarantine row. Holds the ids seen."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.seen_ids: dict[str, str] = {}
+        self.seen_source_ids: dict[str, str] = {}
+
+    def add(self, kind: str, row: dict) -> tuple[str | None, dict]:
+        """(split, item) for a kept item, (None, quarantine row) for a dropped one."""
+        if kind == "quarantine":
+            return None, row
+        source = self.source
+        key = json.loads(row["meta"])["source_key"]
+        sid = row.pop("_source_id")
+        split = row.pop("_split")
+        first = self.seen_source_ids.get(sid) if sid else None
+        why = f"source id {sid!r} already used by row {first!r}" if first else ""
+        if not why and row["id"] in self.seen_ids:
+            why = f"same content (item id {row['id']}) as row {self.seen_ids[row['id']]!r}"
+        if why:
+            return None, exclusion(
+                id=f"{source}:{key}", stage="gather", source=source, reason=DUPLICATE_ID,
+                detail=f"row {key!r}, field 'id': {why}; the first occurrence is kept",
+                record={k: v for k, v in row.items() if k != "image"},
+            )
+        self.seen_ids[row["id"]] = key
+        if sid:
+            self.seen_source_ids[sid] = key
+        return split, row
+
+
 def finalize(results: Iterable[tuple[str, dict]], source: str) -> tuple[dict[str, list[dict]], list[dict]]:
     """Split results into {split: items} and quarantine rows; later rows repeating a source id or item id are duplicates."""
     splits: dict[str, list[dict]] = {}
     quarantine: list[dict] = []
-    seen_ids: dict[str, str] = {}
-    seen_source_ids: dict[str, str] = {}
+    fin = Finalizer(source)
     for kind, row in results:
-        if kind == "quarantine":
+        split, row = fin.add(kind, row)
+        if split is None:
             quarantine.append(row)
-            continue
-        key = json.loads(row["meta"])["source_key"]
-        sid = row.pop("_source_id")
-        split = row.pop("_split")
-        first = seen_source_ids.get(sid) if sid else None
-        why = f"source id {sid!r} already used by row {first!r}" if first else ""
-        if not why and row["id"] in seen_ids:
-            why = f"same content (item id {row['id']}) as row {seen_ids[row['id']]!r}"
-        if why:
-            quarantine.append(exclusion(
-                id=f"{source}:{key}", stage="gather", source=source, reason=DUPLICATE_ID,
-                detail=f"row {key!r}, field 'id': {why}; the first occurrence is kept",
-                record={k: v for k, v in row.items() if k != "image"},
-            ))
-            continue
-        seen_ids[row["id"]] = key
-        if sid:
-            seen_source_ids[sid] = key
-        splits.setdefault(split, []).append(row)
+        else:
+            splits.setdefault(split, []).append(row)
     return splits, quarantine

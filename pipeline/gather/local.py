@@ -1,14 +1,13 @@
 """Local files: a .jsonl, .csv or .parquet file, or a folder of them, with image paths or image bytes.
 
-Reads `params.path` (files in a folder are taken in sorted name order) and the image files rows point to (lazily,
-at conversion). Text is decoded as UTF-8 with `surrogateescape`, so invalid bytes reach the common step and are
+Reads `params.path` (files in a folder are taken in sorted name order), streaming: a line, a CSV record or a parquet
+record batch at a time; and the image files rows point to (lazily, at conversion). Text is decoded as UTF-8 with `surrogateescape`, so invalid bytes reach the common step and are
 quarantined as text_not_utf8 instead of failing the whole file. Writes nothing.
 Does not support: spreadsheets, archives (unpack first), remote URLs.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -29,8 +28,15 @@ def data_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _lines(path: Path) -> Iterator[bytes]:
+    """The file's lines without their ends, read one at a time (the same lines as bytes.splitlines())."""
+    with open(path, "rb") as fh:
+        for line in fh:  # a file line ends at \n; bytes.splitlines() also ends one at a lone \r
+            yield from line.splitlines()
+
+
 def _jsonl(path: Path) -> Iterator[tuple[str, dict | None, str]]:
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+    for n, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         key = f"{path.name}:{n}"
@@ -47,10 +53,9 @@ def _jsonl(path: Path) -> Iterator[tuple[str, dict | None, str]]:
 
 
 def _csv(path: Path) -> Iterator[tuple[str, dict | None, str]]:
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for n, rec in enumerate(reader, 2):  # line 1 is the header
-        yield f"{path.name}:{n}", {k: v for k, v in rec.items() if k is not None}, ""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        for n, rec in enumerate(csv.DictReader(fh), 2):  # line 1 is the header
+            yield f"{path.name}:{n}", {k: v for k, v in rec.items() if k is not None}, ""
 
 
 def _parquet(path: Path) -> Iterator[tuple[str, dict | None, str]]:
