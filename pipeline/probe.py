@@ -60,6 +60,9 @@ class ProbeParams(RolloutParams, RuleParams):
     samples: int = param(8, help="most rollouts per item and condition (K); adaptive sampling stops earlier")
     max_items: int = param(0, help="probe at most this many items (0 = all); a seeded choice spread over the file")
     batch_items: int = param(16, help="items per batch (unit of work, resume and sharding)")
+    workers: int = param(1, help="engine processes on this machine: worker i plays the batches of shard i/workers "
+                         "with its own engine (on a GPU node one per GPU, CUDA_VISIBLE_DEVICES=i), then the stage "
+                         "merges them into the evidence one process gives; 1 = one engine, in process")
     seed: int = param(0, help="base seed of item choice and sampling")
     with_image: bool = param(True, help="show the image to a vision-language model (a text-only model never sees it)")
     engine: EngineParams = param(factory=EngineParams, help="generation engine")
@@ -76,8 +79,8 @@ class ProbeParams(RolloutParams, RuleParams):
             raise ValueError(f"unknown condition {bad[0]!r}; use of {list(CONDITIONS)}")
         if len(set(self.conditions)) != len(self.conditions) or not self.conditions:
             raise ValueError(f"conditions must be distinct and not empty, got {self.conditions}")
-        if self.samples < 1 or self.batch_items < 1 or self.max_items < 0:
-            raise ValueError("samples and batch_items must be >= 1, max_items >= 0")
+        if self.samples < 1 or self.batch_items < 1 or self.max_items < 0 or self.workers < 1:
+            raise ValueError("samples, batch_items and workers must be >= 1, max_items >= 0")
 
 
 @dataclasses.dataclass
@@ -107,7 +110,7 @@ def fingerprint(params: ProbeParams, model_path: str, item_ids: list[str]) -> st
     from pipeline.runs import fingerprint as fp, path_digest
 
     keep = dataclasses.asdict(params)
-    for k in ("out_dir", "parts_dir", "items", "model"):
+    for k in ("out_dir", "parts_dir", "items", "model", "workers"):  # workers: the same batches, wherever they run
         keep.pop(k)
     keep["engine"] = {k: keep["engine"][k] for k in ("kind", "dtype", "seed_mode")}
     return fp({"params": keep, "model": path_digest(model_path), "items": fp(item_ids)})

@@ -8,13 +8,16 @@ Writes: <out_dir>/<condition>/evidence.parquet for each of `conditions` (ROLLOUT
         sample; empty when no item reached the condition) and <out_dir>/metrics.json (rollouts against the full
         design, pass rate, valid turns, searches and tokens per condition, rollouts/s);
         <parts_dir>/<fingerprint>/batch-NNNNN.parquet while it runs (one atomic file per finished batch).
-Run:    python -m stages probe [--shard i/n]
+Run:    python -m stages probe [--shard i/n] [workers=N]
 
 The conditions run cheapest first (closed_book, image_only, text_only, tools); with `cascade` an item goes on only
 when the label rule settles the current condition as fail, and with `adaptive` each condition is sampled in rounds
 only while an item's verdict is open (pipeline/probe.py). Items are cut into fixed batches of `batch_items` (the
 unit of work, of resumption and of sharding: batch b belongs to shard b mod n). A run killed at any point and run
 again skips the finished batches and produces the same evidence; shards produce the same evidence as one machine.
+With `workers` N > 1 (and no --shard) the stage starts N worker processes, `--shard i/N` each with its own engine
+(CUDA_VISIBLE_DEVICES=i when GPUs are visible), waits for them, then merges: one engine per GPU of a node. On
+several machines run `--shard i/n` on each (a shared parts_dir), then any shard again to write the evidence.
 Does not support: changing batch_items/seed/samples in the middle of a run (that starts a new fingerprint).
 """
 from __future__ import annotations
@@ -39,6 +42,8 @@ def run(params: ProbeParams, args) -> int:
     from pipeline.schema import write_table
     from pipeline.search import SearchParams, SearchTools
 
+    if params.workers > 1 and parse_shard(args.shard) == (0, 1):
+        run_workers(params.workers, args)
     result = probe(params, lambda: SearchTools.from_params(load_section(SearchParams, "search", args.params)),
                    parse_shard(args.shard))
     if result.evidence is None:
@@ -56,3 +61,43 @@ def run(params: ProbeParams, args) -> int:
         print(f"  {c:<12} {pc['items']:>4} items {pc['rollouts']:>5} rollouts, pass rate {pc['pass_rate']:.3f}, "
               f"valid format {pc['valid_format_rate']:.3f}, search rate {pc['search_rate']:.3f}")
     return 0
+
+
+def run_workers(n: int, args) -> None:
+    """Play shard i/n in worker process i (each loads its own engine; GPU i when GPUs are visible) and wait for all;
+    raises naming the failed workers. The workers' batches land in parts_dir, where the merge finds them."""
+    import os
+    import subprocess
+    import sys
+
+    gpus = _visible_gpus()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        else:  # CPU engines share the cores instead of each taking all of them
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+        cmd = [sys.executable, "-m", "stages", "probe", "--params", args.params, *args.overrides, "workers=1",
+               "--shard", f"{i}/{n}"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"probe workers {failed} of {n} failed (their output is above); run the stage again: "
+                           "finished batches are kept, only the missing ones are played")
+
+
+def _visible_gpus() -> list[str]:
+    """CUDA device ids this process may use ([] without CUDA)."""
+    import os
+
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA means CPU workers
+        return []
+    if not count:
+        return []
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]

@@ -275,6 +275,19 @@ def test_probe_shards_give_the_same_evidence(world, warm_text):
         assert _evidence(out_a) == _evidence(world.root / "full")
 
 
+def test_probe_workers_give_the_same_evidence(world, warm_text):
+    """workers=2: two worker processes, each with its own engine, play one shard each; the stage merges them into
+    the evidence one process gives."""
+    out_full, cmd_full, env = _probe_env(world, warm_text, "full")
+    if not (out_full / "probe" / "tools" / "evidence.parquet").exists():  # else written by an earlier test
+        subprocess.run(cmd_full, cwd=world.root, env=env, check=True, capture_output=True)
+    out_w, cmd, env = _probe_env(world, warm_text, "workers")
+    res = subprocess.run(cmd + ["workers=2"], cwd=world.root, env=env, check=True, capture_output=True, text=True)
+    assert "shard 0/2" in res.stdout and "shard 1/2" in res.stdout  # each worker played its own shard
+    assert "shard 0/1: 4 batches already done, 0 to run" in res.stdout  # the merge played nothing itself
+    assert _evidence(out_w) == _evidence(out_full)
+
+
 def test_cascade_and_adaptive_rounds_follow_the_label_rule(world, warm_text, tmp_path):
     """Conditions run cheapest first; an item reaches a condition only when the rule settled every earlier one as
     fail, and a condition gets more rounds only while the item's verdict is open (up to K)."""

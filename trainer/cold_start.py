@@ -44,10 +44,13 @@ class BootstrapParams(RolloutParams):
                        "slice data/gather/demo/facts.parquet; '' = none")
     fact_repeats: int = param(2, help="times each fact is shown per pass over the examples")
     fact_format: str = param("protocol", help="protocol: each fact as a direct answer in the protocol's tags "
-                             "(<reason>statement</reason><answer>answer</answer>), its condition rotating over "
-                             "`conditions`, so knowledge and the closed-book answer format are learnt together; "
-                             "chat: plain chat, no protocol (the labeler then sometimes answered a known fact in "
-                             "plain chat, without tags)")
+                             "(<reason>statement</reason><answer>answer</answer>) under `fact_conditions`, so "
+                             "knowledge and the closed-book answer format are learnt together; chat: plain chat, no "
+                             "protocol (the labeler then sometimes answered a known fact in plain chat, without tags)")
+    fact_conditions: list[str] = param(["closed_book"], help="conditions the protocol facts are shown in, rotating "
+                                       "(closed_book: where a known item is labelled; taught under the search "
+                                       "conditions too, 398 capital and region answers made the labeler answer a "
+                                       "flag's country question with a capital)")
     balance_needs: bool = param(True, help="repeat demonstrations so every need (none, image, text, mixed) is shown "
                                 "about as often as the most common one: a mixed item is demonstrated in one condition "
                                 "(tools), a known one in four, and unbalanced the labeler answers a mixed question "
@@ -63,6 +66,10 @@ class BootstrapParams(RolloutParams):
             raise ValueError(f"fact_repeats must be >= 0, got {self.fact_repeats}")
         if self.fact_format not in ("protocol", "chat"):
             raise ValueError(f"bootstrap.fact_format must be protocol or chat, got {self.fact_format!r}")
+        bad = [c for c in self.fact_conditions if c not in self.conditions]
+        if bad or not self.fact_conditions:
+            raise ValueError(f"bootstrap.fact_conditions {self.fact_conditions} must be some of bootstrap.conditions "
+                             f"{self.conditions}")
         if self.enabled and self.protocol != "mmsearch_r1":
             raise ValueError("the demonstrations are written in the mmsearch_r1 tags: set rollout.protocol (or "
                              "bootstrap.protocol) to mmsearch_r1, or bootstrap.enabled to false")
@@ -117,7 +124,8 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     facts = read_facts(params.facts, need_answer=params.fact_format == "protocol") if params.facts else []
     shown = balance_by_need(demos, params.seed) if params.balance_needs else demos
     if params.fact_format == "protocol":
-        shown, facts = shown + facts_as_demos(facts, protocol, params.conditions, with_image, params.fact_repeats), []
+        shown, facts = shown + facts_as_demos(facts, protocol, params.fact_conditions, with_image,
+                                                    params.fact_repeats), []
     stats = cold_start(base, shown, tmp, protocol=protocol, params=params.cold_start, log=log,
                        facts=facts * params.fact_repeats)
     tmp.rename(model_dir)
