@@ -16,8 +16,9 @@ only while an item's verdict is open (pipeline/probe.py). Items are cut into fix
 unit of work, of resumption and of sharding: batch b belongs to shard b mod n). A run killed at any point and run
 again skips the finished batches and produces the same evidence; shards produce the same evidence as one machine.
 With `workers` N > 1 (and no --shard) the stage starts N worker processes, `--shard i/N` each with its own engine
-(CUDA_VISIBLE_DEVICES=i when GPUs are visible), waits for them, then merges: one engine per GPU of a node. On
-several machines run `--shard i/n` on each (a shared parts_dir), then any shard again to write the evidence.
+(GPUs i*T .. i*T+T-1 for engine.tensor_parallel_size T, when GPUs are visible), waits for them, then merges: one
+engine per GPU (or per T GPUs) of a node. On several machines run `--shard i/n` on each (a shared parts_dir), then
+any shard again to write the evidence.
 Does not support: changing batch_items/seed/samples in the middle of a run (that starts a new fingerprint).
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def run(params: ProbeParams, args) -> int:
     from pipeline.search import SearchParams, SearchTools
 
     if params.workers > 1 and parse_shard(args.shard) == (0, 1):
-        run_workers(params.workers, args)
+        run_workers(params.workers, args, max(1, params.engine.tensor_parallel_size))
     result = probe(params, lambda: SearchTools.from_params(load_section(SearchParams, "search", args.params)),
                    parse_shard(args.shard))
     if result.evidence is None:
@@ -63,19 +64,20 @@ def run(params: ProbeParams, args) -> int:
     return 0
 
 
-def run_workers(n: int, args) -> None:
-    """Play shard i/n in worker process i (each loads its own engine; GPU i when GPUs are visible) and wait for all;
-    raises naming the failed workers. The workers' batches land in parts_dir, where the merge finds them."""
+def run_workers(n: int, args, gpus_per_engine: int = 1) -> None:
+    """Play shard i/n in worker process i (each loads its own engine: GPUs i*g .. i*g+g-1 for g = `gpus_per_engine`
+    when GPUs are visible) and wait for all; raises naming the failed workers. The workers' batches land in
+    parts_dir, where the merge finds them."""
     import os
     import subprocess
     import sys
 
-    gpus = _visible_gpus()
+    devices = worker_devices(n, _visible_gpus(), gpus_per_engine)
     procs = []
     for i in range(n):
         env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         else:  # CPU engines share the cores instead of each taking all of them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
         cmd = [sys.executable, "-m", "stages", "probe", "--params", args.params, *args.overrides, "workers=1",
@@ -85,6 +87,16 @@ def run_workers(n: int, args) -> None:
     if failed:
         raise RuntimeError(f"probe workers {failed} of {n} failed (their output is above); run the stage again: "
                            "finished batches are kept, only the missing ones are played")
+
+
+def worker_devices(n: int, gpus: list[str], per_engine: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each of `n` workers: consecutive groups of `per_engine` of `gpus` ([] without GPUs)."""
+    if not gpus:
+        return []
+    if n * per_engine > len(gpus):
+        raise ValueError(f"probe.workers={n} engines of {per_engine} GPU(s) each need {n * per_engine} GPUs, "
+                         f"{len(gpus)} visible: lower workers (or engine.tensor_parallel_size)")
+    return [",".join(gpus[i * per_engine:(i + 1) * per_engine]) for i in range(n)]
 
 
 def _visible_gpus() -> list[str]:

@@ -288,6 +288,17 @@ def test_probe_workers_give_the_same_evidence(world, warm_text):
     assert _evidence(out_w) == _evidence(out_full)
 
 
+def test_probe_workers_split_the_gpus():
+    """One GPU per worker, or tensor_parallel_size GPUs each; too few GPUs is refused with what to lower."""
+    from stages.probe import worker_devices
+
+    assert worker_devices(2, [], 1) == []
+    assert worker_devices(3, ["0", "1", "2", "3"], 1) == ["0", "1", "2"]
+    assert worker_devices(2, ["4", "5", "6", "7"], 2) == ["4,5", "6,7"]
+    with pytest.raises(ValueError, match="need 6 GPUs, 4 visible"):
+        worker_devices(3, ["0", "1", "2", "3"], 2)
+
+
 def test_cascade_and_adaptive_rounds_follow_the_label_rule(world, warm_text, tmp_path):
     """Conditions run cheapest first; an item reaches a condition only when the rule settled every earlier one as
     fail, and a condition gets more rounds only while the item's verdict is open (up to K)."""
