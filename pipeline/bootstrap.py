@@ -195,9 +195,16 @@ def build_demonstrations(items: Sequence[Mapping[str, Any]], protocol: Any, tool
         else:  # none, or image then knowledge
             why = seen + _known(it, str(entity_of.get(iid) or it.get("entity") or ""))
         demos.append({"item_id": iid, "condition": condition, "kind": need,
-                      "messages": msgs + [turn(why.strip(), f"<answer>{it['answer']}</answer>")]})
+                      "messages": msgs + [turn(why.strip(), answer_tag(it["answer"]))]})
         count(f"{condition}/{need}")
     return demos, counts
+
+
+def answer_tag(answer: str) -> str:
+    """`<answer> answer</answer>`. The space makes the answer the same tokens it has in running text (` Manila`, where
+    `>Manila` splits into `Man` + `ila`): without it the labeler stated the right answer in its reason and miscopied it
+    into the tag ("M Manila", "Trinpoli") in 69 of 448 rollouts on known items. The scorer strips the answer."""
+    return f"<answer> {answer}</answer>"
 
 
 def _known(item: Mapping[str, Any], entity: str) -> str:

@@ -87,14 +87,14 @@ def test_facts_as_protocol_answers(tiny_text_model_path, tmp_path):
     demos = facts_as_demos(facts, protocol, conditions, with_image=False, repeats=2)
     assert [(d["item_id"], d["condition"]) for d in demos] == [
         ("fact-0", "closed_book"), ("fact-1", "image_only"), ("fact-0", "image_only"), ("fact-1", "text_only")]
-    assert demos[1]["messages"][-1]["content"] == "<reason>Chile is in Americas.</reason><answer>Americas</answer>"
+    assert demos[1]["messages"][-1]["content"] == "<reason>Chile is in Americas.</reason><answer> Americas</answer>"
     tok = load_processor(str(tiny_text_model_path))
     tok = getattr(tok, "tokenizer", tok)
     ids, labels = encode_demo(tok, protocol, demos[0]["messages"], demos[0]["condition"])
     prompt, learned = tok.decode(ids), tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
     assert "Question: What do you know about the capital of Peru?" in prompt and "<text_search>" not in prompt.split(
         "Question:")[0]  # the closed-book prompt offers no tool
-    assert learned.startswith("<reason>The capital of Peru is Lima.</reason><answer>Lima</answer>")
+    assert learned.startswith("<reason>The capital of Peru is Lima.</reason><answer> Lima</answer>")
     with pytest.raises(ValueError, match="fact_format"):
         build(BootstrapParams, {"fact_format": "json"})
 

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.bootstrap import answer_tag
 from pipeline.config import param
 from pipeline.rollout.config import RolloutParams
 from trainer.sft import ColdStartParams
@@ -44,7 +45,7 @@ class BootstrapParams(RolloutParams):
                        "slice data/gather/demo/facts.parquet; '' = none")
     fact_repeats: int = param(2, help="times each fact is shown per pass over the examples")
     fact_format: str = param("protocol", help="protocol: each fact as a direct answer in the protocol's tags "
-                             "(<reason>statement</reason><answer>answer</answer>) under `fact_conditions`, so "
+                             "(<reason>statement</reason><answer> answer</answer>) under `fact_conditions`, so "
                              "knowledge and the closed-book answer format are learnt together; chat: plain chat, no "
                              "protocol (the labeler then sometimes answered a known fact in plain chat, without tags)")
     fact_conditions: list[str] = param(["closed_book"], help="conditions the protocol facts are shown in, rotating "
@@ -180,16 +181,18 @@ def read_facts(path: str, need_answer: bool = False) -> list[dict]:
     return [{c: str(row[c]) for c in cols} for row in df[cols].to_dict("records")]
 
 
-def facts_as_demos(facts: list[dict], protocol: Any, conditions: list[str], with_image: bool, repeats: int) -> list[dict]:
+def facts_as_demos(facts: list[dict], protocol: Any, conditions: list[str], with_image: bool,
+                   repeats: int) -> list[dict]:
     """Each fact `repeats` times as a one-turn protocol demonstration that answers directly: the fact's question in
-    the condition's prompt, then `<reason>statement</reason><answer>answer</answer>`. Repeat r of fact i is shown in
+    the condition's prompt, then `<reason>statement</reason><answer> answer</answer>`. Repeat r of fact i is shown in
     condition `conditions[(i + r) % len(conditions)]`, so the facts are spread evenly over the probed conditions."""
     demos = []
     for r in range(repeats):
         for i, f in enumerate(facts):
             condition = conditions[(i + r) % len(conditions)]
             msgs = protocol.initial_messages({"question": f["question"], "image": None}, condition, with_image=with_image)
-            msgs.append({"role": "assistant", "content": f"<reason>{f['statement']}</reason><answer>{f['answer']}</answer>"})
+            answer = f"<reason>{f['statement']}</reason>{answer_tag(f['answer'])}"
+            msgs.append({"role": "assistant", "content": answer})
             demos.append({"item_id": f"fact-{i}", "condition": condition, "kind": "fact", "messages": msgs})
     return demos
 

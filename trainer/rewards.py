@@ -226,19 +226,24 @@ def _log(rows: list[dict], completions: Sequence[Any], kwargs: Mapping[str, Any]
         log_extra("format", [r["format"] for r in rows])
 
 
+def _scored(scorer: Scorer, completions: Sequence[Any], completion_ids: Any, kwargs: Mapping[str, Any],
+            log: bool) -> list[dict]:
+    """The scorer's rows for one TRL reward call (logged when `log`); the dataset must carry `answer`."""
+    if "answer" not in kwargs:
+        raise KeyError("reward needs the dataset column 'answer' (and optionally 'aliases') in the train data")
+    rows = scorer.score(completions, kwargs["answer"], kwargs.get("aliases"), kwargs.get("question"), completion_ids)
+    if log:
+        _log(rows, completions, kwargs)
+    return rows
+
+
 def _make(field: str, log: bool) -> Callable[..., Callable[..., list[float]]]:
     def factory(params: RewardParams, protocol: Any, condition: str = "tools",
                 tokenizer: Any = None) -> Callable[..., list[float]]:
         scorer = Scorer(params, protocol, condition, tokenizer)
 
         def reward_fn(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
-            if "answer" not in kwargs:
-                raise KeyError("reward needs the dataset column 'answer' (and optionally 'aliases') in the train data")
-            rows = scorer.score(completions, kwargs["answer"], kwargs.get("aliases"), kwargs.get("question"),
-                                completion_ids)
-            if log:
-                _log(rows, completions, kwargs)
-            return [r[field] for r in rows]
+            return [r[field] for r in _scored(scorer, completions, completion_ids, kwargs, log)]
 
         reward_fn.__name__ = f"{field}_reward" if field != "reward" else "paper_reward"
         reward_fn.scorer = scorer  # type: ignore[attr-defined]
@@ -281,12 +286,7 @@ def _component(name: str, scorer: Scorer, log: bool) -> Callable[..., list[float
     """One component (accuracy, format or efficiency) of the `efficiency` switch, on a scorer shared by all three."""
 
     def reward_fn(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
-        if "answer" not in kwargs:
-            raise KeyError("reward needs the dataset column 'answer' (and optionally 'aliases') in the train data")
-        rows = scorer.score(completions, kwargs["answer"], kwargs.get("aliases"), kwargs.get("question"),
-                            completion_ids)
-        if log:
-            _log(rows, completions, kwargs)
+        rows = _scored(scorer, completions, completion_ids, kwargs, log)
         if name != "efficiency":
             return [r[name] for r in rows]
         if scorer.params.efficiency == "gdpo":
