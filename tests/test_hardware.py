@@ -54,3 +54,15 @@ def test_engine_dtype_machine_follows_the_cpu(cpu):
     assert EngineParams(dtype="float16").resolved_dtype() == "float16"
     with pytest.raises(ParamsError, match="dtype"):
         build(EngineParams, {"dtype": "fp8"})
+
+
+@pytest.mark.parametrize("flags, bf16", [(("avx2",), False), (("avx2", "avx512f", "avx512_bf16"), True)])
+def test_grpo_training_precision_follows_the_cpu(cpu, flags, bf16):
+    """GRPO's `precision: auto` picks bf16 autocast exactly where the CPU computes bf16 natively (as the cold start
+    does); an explicit fp32 wins."""
+    from pipeline.config import build
+    from trainer.config import TrainParams, to_grpo_config
+
+    cpu(*flags)
+    assert to_grpo_config(build(TrainParams, {})).bf16 is bf16
+    assert to_grpo_config(build(TrainParams, {"precision": "fp32"})).bf16 is False

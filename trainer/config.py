@@ -108,7 +108,9 @@ class TrainParams(RolloutParams, RewardParams):
     eval_steps: int = param(0, "evaluate every N steps on eval_file (0 = never)")
     logging_steps: int = param(1, "log (and write the curves) every N steps")
     seed: int = param(0, "seed of sampling, data order and initialisation")
-    precision: Literal["auto", "fp32", "bf16"] = param("auto", "training dtype: auto = bf16 on a GPU that supports it, else fp32")
+    precision: Literal["auto", "fp32", "bf16"] = param(
+        "auto", "training dtype: auto = bf16 on a GPU that supports it or a CPU that computes it natively (AVX512_BF16 "
+        "/ AMX; autocast over fp32 weights there), else fp32")
     gradient_checkpointing: bool = param(False, "trade compute for memory in the backward pass")
     lora: LoraParams = param(factory=LoraParams, help="LoRA via peft")
     # --- generation backend ---
@@ -184,12 +186,6 @@ def no_gpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def bf16_supported() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
 def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = None, **extra: Any):
     """The `GRPOConfig` for these params (output under `<output_dir>/checkpoints`).
 
@@ -212,7 +208,9 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
         raise ValueError(
             f"train.grpo_overrides: {bad[0]!r} is not a GRPOConfig field" + (f"; did you mean {close[0]!r}?" if close else "")
         )
-    bf16 = params.precision == "bf16" or (params.precision == "auto" and bf16_supported())
+    from pipeline.hardware import training_bf16
+
+    bf16 = training_bf16(params.precision)
     kwargs: dict[str, Any] = dict(
         output_dir=str(params.checkpoints_dir),
         num_generations=params.samples,

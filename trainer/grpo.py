@@ -76,11 +76,13 @@ def load_processor(path: str, protocol: Any) -> Any:
 
 
 def load_policy(path: str, is_vlm: bool, bf16: bool) -> Any:
+    """The policy in bf16 on a bf16 GPU; in fp32 otherwise. On a CPU, `bf16` means autocast over fp32 weights
+    (the Trainer's bf16 flag): a 1e-6 step is below bf16's resolution, so bf16 weights would not move."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     cls = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
-    return cls.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    return cls.from_pretrained(path, dtype=torch.bfloat16 if bf16 and torch.cuda.is_available() else torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
