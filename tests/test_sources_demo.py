@@ -86,8 +86,15 @@ def test_known_slice_teaches_no_answer_a_search_item_needs(world):
 
     knowledge = load_knowledge()
     facts = pd.read_parquet(world / "gather/demo/facts.parquet")
-    assert len(facts) == json.loads((world / "gather/demo/metrics.json").read_text())["known_facts"] > 0
+    metrics = json.loads((world / "gather/demo/metrics.json").read_text())
     taught = set(zip(facts["entity"], facts["fact"]))
+    assert len(taught) == metrics["known_facts"] > 0 and len(facts) == metrics["known_fact_questions"]
+    # every fact in each phrasing, the probe's own question among them, all with the same statement and answer
+    per_fact = facts.groupby(["entity", "fact"])
+    assert (per_fact["question"].nunique() == 3).all() and (per_fact["statement"].nunique() == 1).all()
+    capitals = facts[facts["fact"] == "capital"]
+    asked = set(zip(capitals["entity"], capitals["question"]))
+    assert all((e, KINDS["named_capital"][0].format(name=e)) in asked for e in set(capitals["entity"]))
     assert all(knows(knowledge, f, e) is True for e, f in taught)
     assert {f for _, f in taught} == {"capital", "region"}
     want = {(c.name, f) for c in demo_data.countries() for f in ("capital", "region")

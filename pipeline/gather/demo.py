@@ -22,8 +22,8 @@ facts in between are not asked. The item kinds:
   photo_fact                      facts about real scikit-image photos                 image or mixed
 Countries are split, seeded and stratified by knowledge, into a bootstrap pool and a probe pool; bootstrap rows
 (split "bootstrap") use only bootstrap countries and easy-vqa images no other row uses, so no bootstrap entity
-appears in any probed item. The known slice (`known_facts`: every capital and region the labeler knows, in plain
-chat) is written for the cold start to teach, so that what the key calls known is knowledge the labeler keeps after
+appears in any probed item. The known slice (`known_facts`: every capital and region the labeler knows, each asked in
+several phrasings) is written for the cold start to teach, so that what the key calls known is knowledge the labeler keeps after
 its fine-tuning. `write_corpora` writes data/corpora/passages.parquet (Wikipedia summaries + one fact
 passage per country) and data/corpora/images.parquet (clean flags and photos). `build_demo_world` does it all.
 Query images are seeded re-photographs (`rephoto`), so they are never byte-identical to corpus images.
@@ -273,25 +273,31 @@ def _photo_rows(params: DemoParams) -> Iterator[dict]:
         )
 
 
+# fact -> (questions, statement). Each known fact is asked in several phrasings, the probe's own among them: a 135M
+# model taught "What do you know about the capital of Mexico?" alone answered "What is the capital city of Mexico?"
+# with "not known to me" for 23 of 68 known capitals (knowledge is only extractable under varied phrasings).
 FACT_STATEMENT = {
-    "capital": ("What do you know about the capital of {name}?", "The capital of {name} is {answer}."),
-    "region": ("What do you know about where {name} is?", "{name} is in {answer}."),
+    "capital": (("What do you know about the capital of {name}?", "What is the capital city of {name}?",
+                 "Which city is the capital of {name}?"), "The capital of {name} is {answer}."),
+    "region": (("What do you know about where {name} is?", "In which world region is {name}?",
+                "Where in the world is {name}?"), "{name} is in {answer}."),
 }
 
 
 def known_facts(params: DemoParams) -> list[dict]:
     """The known slice of the world, taught during the cold start: every (country, fact) the labeler answers right
-    greedily (`knows` is True), capital and region, stated in plain chat ({"entity", "fact", "question",
-    "statement", "answer"}). By construction no text or mixed item asks one of these facts (those ask facts it does
-    not know), so teaching them never teaches an answer that a search-required item needs."""
+    greedily (`knows` is True), capital and region, one row per phrasing of its question ({"entity", "fact",
+    "phrasing", "question", "statement", "answer"}). By construction no text or mixed item asks one of these facts
+    (those ask facts it does not know), so teaching them never teaches an answer that a search-required item needs."""
     knowledge = load_knowledge(params.knowledge)
     rows = []
     for c in demo_data.countries():
-        for fact, (question, statement) in FACT_STATEMENT.items():
+        for fact, (questions, statement) in FACT_STATEMENT.items():
             answer = {"capital": c.capital, "region": c.region}[fact]
             if answer and knows(knowledge, fact, c.name) is True:
-                rows.append({"entity": c.name, "fact": fact, "question": question.format(name=c.name),
-                             "statement": statement.format(name=c.name, answer=answer), "answer": answer})
+                rows += [{"entity": c.name, "fact": fact, "phrasing": i, "question": q.format(name=c.name),
+                          "statement": statement.format(name=c.name, answer=answer), "answer": answer}
+                         for i, q in enumerate(questions)]
     return rows
 
 
@@ -329,9 +335,10 @@ def build_demo_world(
     result.splits.setdefault("bootstrap", [])
     metrics = write_outputs(result, data_dir / "gather" / "demo")
     facts = known_facts(params)
-    pd.DataFrame(facts, columns=["entity", "fact", "question", "statement", "answer"]).to_parquet(
+    pd.DataFrame(facts, columns=["entity", "fact", "phrasing", "question", "statement", "answer"]).to_parquet(
         data_dir / "gather" / "demo" / "facts.parquet", index=False)
-    metrics["known_facts"] = len(facts)
+    metrics["known_facts"] = len({(f["entity"], f["fact"]) for f in facts})
+    metrics["known_fact_questions"] = len(facts)
     metrics.update(write_corpora(data_dir / "corpora", params.seed, params.wiki_passages, image))
     write_json(metrics, data_dir / "gather" / "demo" / "metrics.json")
     return metrics
