@@ -203,6 +203,8 @@ def test_forced_workflow_turns_parse_back_in_both_protocols(name):
     # the workflow's turns are well formed for the scorer: RAG rollouts are judged on the model's answer turn
     assert proto.score([img_text, txt_text, "<reason>r</reason><answer>Lima</answer>"]).format_ok
     assert ("<reason>" in img_text) is (name == "mmsearch_r1")  # only the tag protocol needs a reason
+    if name == "mmsearch_r1":  # the turn as the demonstrations write it: the action right after </reason>
+        assert "</reason><search>" in img_text and "</reason><text_search>" in txt_text
 
 
 
