@@ -106,7 +106,6 @@ def speed(engine, proto, tools, items, k, common, args) -> None:
     print(f"speed-up {len(batched) / tb / (len(naive) / tn):.1f}x")
 
 
-
 def _computed(results) -> tuple[int, int]:
     """(prompt tokens computed, i.e. not taken from the prefix cache; tokens generated) of vLLM RequestOutputs."""
     prompt = sum(len(r.prompt_token_ids or []) - int(r.num_cached_tokens or 0) for r in results)
@@ -134,14 +133,12 @@ def limit(engine, proto, tools, items, k, common) -> None:
         return wrapper
 
     def recording_generate(prompts, params, **kw):
-        t = time.perf_counter()
         results = llm_generate(prompts, params, **kw)
         calls.append((prompts, results))
-        spent["engine"] += time.perf_counter() - t
         return results
 
     engine.llm.generate, engine.generate, tools.run_many = (
-        recording_generate, timed("render", engine_generate), timed("tools", run_many))
+        timed("engine", recording_generate), timed("render", engine_generate), timed("tools", run_many))
     try:
         t = time.perf_counter()
         rows = run_rollouts(engine, proto, tools, items, "tools", k, "em", **common)

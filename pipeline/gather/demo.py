@@ -22,9 +22,9 @@ facts in between are not asked. The item kinds:
   photo_fact                      facts about real scikit-image photos                 image or mixed
 Countries are split, seeded and stratified by knowledge, into a bootstrap pool and a probe pool; bootstrap rows
 (split "bootstrap") use only bootstrap countries and easy-vqa images no other row uses, so no bootstrap entity
-appears in any probed item. The known slice (`known_facts`: every capital and region the labeler knows, each asked in
-several phrasings) is written for the cold start to teach, so that what the key calls known is knowledge the labeler keeps after
-its fine-tuning. `write_corpora` writes data/corpora/passages.parquet (Wikipedia summaries + one fact
+appears in any probed item. The known slice (`known_facts`: every capital and region the labeler knows, each asked
+in several phrasings) is written for the cold start to teach, so that what the key calls known is knowledge the
+labeler keeps after its fine-tuning. `write_corpora` writes data/corpora/passages.parquet (Wikipedia summaries + one fact
 passage per country) and data/corpora/images.parquet (clean flags and photos). `build_demo_world` does it all.
 Query images are seeded re-photographs (`rephoto`), so they are never byte-identical to corpus images.
 """
