@@ -18,8 +18,10 @@ runs last, so the workspace ends on it (with the `--set` budget: `git checkout p
 returns to the commit); `dvc exp show` lists the runs.
 
 After each run it copies data/evaluate/metrics.json and data/train/curves.tsv to <out>/<run>/, and at the end writes
-<out>/table.md (one row per run: the trained policy's on-demand accuracy and search ratio with 95% intervals, RAG's,
-the search cut vs RAG, the accuracy gap, over-search on search-free items vs the base labeler, tool productivity) and
+<out>/table.md (one row per run: the trained policy's on-demand accuracy and search ratio with 95% intervals, RAG's
+(the base model's workflow unless the trained model is played in RAG mode too), the search cut vs RAG, the accuracy
+gap, over-search on search-free items vs the base labeler, tool productivity, and the reprobe stage's label moves
+between search-required and search_free) and
 <out>/curves.png (search ratio and accuracy reward over training steps, one line per run). Prints the table.
 `--report-only` rebuilds table and plot from <out>/ without running anything.
 """
@@ -44,7 +46,8 @@ RUNS = {
     "baseline": {},
 }
 COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv": "curves.tsv",
-          "data/train/metrics.json": "train_metrics.json"}  # kept per run under <out>/<run>/
+          "data/train/metrics.json": "train_metrics.json",
+          "data/reprobe/metrics.json": "reprobe.json"}  # kept per run under <out>/<run>/
 ORDER = ["no_penalty", "no_balance", "gdpo", "among_correct", "baseline"]  # baseline last: the workspace ends on it
 
 
@@ -75,6 +78,22 @@ def figure(metrics: dict, model: str, mode: str, key: str):
     return group.get(key), (group.get("ci95") or {}).get(key)
 
 
+def rag_figure(metrics: dict, key: str):
+    """The RAG workflow's figure: the trained model's when it was played in RAG mode, else the base model's (the
+    default: evaluate.models[trained].modes leaves RAG to the base, as the paper's Table 1)."""
+    value = figure(metrics, "trained", "rag", key)
+    return value if value[0] is not None else figure(metrics, "base", "rag", key)
+
+
+def moves(out: Path, run: str) -> str:
+    """search-required -> search_free / search_free -> search-required of the reprobe stage, of the run's items."""
+    path = out / run / "reprobe.json"
+    if not path.is_file():
+        return "–"
+    m = json.loads(path.read_text())
+    return f"{m['required_to_search_free']} / {m['search_free_to_required']} of {m['items']}"
+
+
 def fmt(value, ci=None, pct=True) -> str:
     if value is None:
         return "–"
@@ -85,17 +104,18 @@ def fmt(value, ci=None, pct=True) -> str:
 
 def table(out: Path, runs: list[str]) -> str:
     rows = ["| Run | n | On-demand Acc | On-demand SR | RAG Acc | SR cut vs RAG | Acc vs RAG (pts) | Over-search "
-            "(trained / base) | Tool productivity |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "(trained / base) | Tool productivity | Re-probe: req.->free / free->req. |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         path = out / r / "metrics.json"
         if not path.is_file():
-            rows.append(f"| {r} | – | (not run) | | | | | | |")
+            rows.append(f"| {r} | – | (not run) | | | | | | | |")
             continue
         m = json.loads(path.read_text())
         acc, acc_ci = figure(m, "trained", "on_demand", "accuracy")
         sr, sr_ci = figure(m, "trained", "on_demand", "search_ratio")
-        rag_acc, rag_ci = figure(m, "trained", "rag", "accuracy")
-        rag_sr, _ = figure(m, "trained", "rag", "search_ratio")
+        rag_acc, rag_ci = rag_figure(m, "accuracy")
+        rag_sr, _ = rag_figure(m, "search_ratio")
         over, _ = figure(m, "trained", "on_demand", "over_search_rate")
         base_over, _ = figure(m, "base", "on_demand", "over_search_rate")
         prod, _ = figure(m, "trained", "on_demand", "tool_productivity")
@@ -103,7 +123,7 @@ def table(out: Path, runs: list[str]) -> str:
         cut = f"{(1 - sr / rag_sr) * 100:.0f}%" if sr is not None and rag_sr else "–"
         gap = f"{(acc - rag_acc) * 100:+.1f}" if acc is not None and rag_acc is not None else "–"
         rows.append(f"| {r} | {n} | {fmt(acc, acc_ci)} | {fmt(sr, sr_ci)} | {fmt(rag_acc, rag_ci)} | {cut} | {gap} | "
-                    f"{fmt(over)} / {fmt(base_over)} | {fmt(prod, pct=False)} |")
+                    f"{fmt(over)} / {fmt(base_over)} | {fmt(prod, pct=False)} | {moves(out, r)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -20,5 +20,6 @@ STAGES = (
     "balance",
     "publish",
     "train",
+    "reprobe",
     "evaluate",
 )

@@ -11,6 +11,7 @@ Writes: <out_dir>/rollouts.parquet (every trajectory: ROLLOUT_FEATURES + dataset
         each cell with `ci95` (95% interval per rate and ratio, e.g. trained.on_demand.test.ci95.accuracy.lo) and
         tool_productivity; plus `avg` per model x mode and `vs_rag` per model), <out_dir>/table.md (the paper's
         Table 1 shape, n and intervals per cell),
+        followed by the reprobe stage's table of label moves (evaluate.transitions, data/reprobe/transitions.md),
         <out_dir>/accuracy_vs_search.png and <out_dir>/plots/accuracy_vs_search_<dataset>.csv (DVC plots),
         <out_dir>/exclusions.parquet (dataset rows that are not valid items, with the reason), <out_dir>/run.json;
         <parts_dir>/<fingerprint>/<model>__<dataset>__<mode>.parquet while it runs (resume state).
@@ -53,7 +54,13 @@ def run(params: EvaluateParams, args) -> int:
     names, datasets = [m.name for m in params.models], list(params.datasets)
     metrics = with_summaries(nested, datasets)
     write_json({**metrics, "datasets": ev.datasets}, out / "metrics.json")
-    (out / "table.md").write_text(render_table(nested, names, params.modes, datasets), encoding="utf-8")
+    table = render_table(nested, names, params.modes, datasets)
+    if params.transitions and Path(params.transitions).exists():
+        table += "\n" + Path(params.transitions).read_text(encoding="utf-8")
+    elif params.transitions:
+        print(f"evaluate: no {params.transitions} (evaluate.transitions): the report has no table of label moves; "
+              "run `python -m stages reprobe` first, or set it to ''", file=sys.stderr)
+    (out / "table.md").write_text(table, encoding="utf-8")
     write_plots(nested, names, params.modes, datasets, out / "plots", out / "accuracy_vs_search.png")
     # Provenance (deterministic: the tool counters depend on what a resumed run re-did, so they are printed only).
     (out / "run.json").write_text(json.dumps({"fingerprints": ev.fingerprints, "model_digests": ev.digests,

@@ -1,5 +1,7 @@
 """The Table-1-shaped Markdown, the summaries (avg, vs_rag) and the plot data of the evaluation report."""
 import csv
+import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +106,24 @@ def test_cells_carry_their_interval_and_tool_productivity():
     assert eff[8] == "50.0 [9.5–90.5]"  # over-search: 1 of the 2 search-free items
     assert eff[12].startswith("1.00 [")  # tool productivity: 3 correct / 3 calls
     assert "Tool prod." in md and "Wilson" in md
+
+
+def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
+    """bench/claim_experiment.py's table: RAG figures from the base model when the trained one has no RAG rows, the
+    search cut and accuracy gap computed from them, and the reprobe stage's moves per run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claim", Path(__file__).resolve().parents[1] / "bench" / "claim_experiment.py")
+    claim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claim)
+    cell = lambda acc, sr, **kw: {"test": {"accuracy": acc, "search_ratio": sr, "n_items": 10, **kw}}  # noqa: E731
+    metrics = {"base": {"rag": cell(0.6, 1.0), "on_demand": cell(0.7, 0.8, over_search_rate=0.5)},
+               "trained": {"on_demand": cell(0.65, 0.6, over_search_rate=0.25, tool_productivity=1.5)}}
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "baseline" / "reprobe.json").write_text(json.dumps(
+        {"required_to_search_free": 3, "search_free_to_required": 1, "items": 10}))
+    text = claim.table(tmp_path, ["no_penalty", "baseline"])
+    row = next(line for line in text.splitlines() if line.startswith("| baseline"))
+    assert row == "| baseline | 10 | 65.0 | 60.0 | 60.0 | 40% | +5.0 | 25.0 / 50.0 | 1.50 | 3 / 1 of 10 |"
+    assert "| no_penalty | – | (not run) |" in text

@@ -215,3 +215,36 @@ def test_rag_query():
         "Flag of Peru What is the capital of it?"
     assert rag_query("Q?", ["Flag of Peru"], "question") == "Q?"
     assert rag_query("Q?", [], "title_question") == "Q?"  # the image search found nothing
+
+
+def test_per_model_modes_compare_with_the_base_rag_and_append_the_label_moves(world, tiny_text_model_path, capsys):
+    """The paper's Table 1 shape: RAG only for the base model; the trained policy's vs_rag compares with it. The
+    reprobe stage's table of label moves is appended to the report when present, and its absence is reported."""
+    w, _, warmed = world
+    root = w.root
+    moves = root / "data" / "reprobe" / "transitions.md"
+    moves.parent.mkdir(parents=True, exist_ok=True)
+    moves.write_text("## Labels after re-probing with the trained policy\n\n| before \\ after | free |\n")
+    pf = _params_file(root, w, warmed, str(tiny_text_model_path), out_dir="data/eval_modes", parts_dir="data/eval_mp",
+                      max_items=4, models=[{"name": "base", "path": str(tiny_text_model_path)},
+                                           {"name": "trained", "path": warmed, "modes": ["on_demand"]}])
+    assert _run(root, pf) == 0
+    out = root / "data" / "eval_modes"
+    rows = pq.read_table(out / "rollouts.parquet").to_pylist()
+    assert sorted({(r["model"], r["condition"]) for r in rows}) == [
+        ("base", "direct"), ("base", "on_demand"), ("base", "rag"), ("trained", "on_demand")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["trained"]) == {"on_demand", "vs_rag"}
+    base_rag, trained_od = metrics["base"]["rag"]["test"], metrics["trained"]["on_demand"]["test"]
+    gap = metrics["trained"]["vs_rag"]["test"]["accuracy_gap"]
+    assert gap == pytest.approx(trained_od["accuracy"] - base_rag["accuracy"])
+    table = (out / "table.md").read_text()
+    assert "| RAG workflow | trained |" not in table and "| On-demand search | trained |" in table
+    assert table.rstrip().endswith("| before \\ after | free |")
+    moves.unlink()
+    assert _run(root, pf) == 0  # every unit reused; the report now says the moves are missing
+    assert "no data/reprobe/transitions.md" in capsys.readouterr().err
+    assert "before \\ after" not in (out / "table.md").read_text()
+    with pytest.raises(Exception, match="must be distinct values of evaluate.modes"):
+        _run(root, _params_file(root, w, warmed, str(tiny_text_model_path), modes=["direct"], models=[
+            {"name": "base", "path": str(tiny_text_model_path), "modes": ["rag"]}]))

@@ -154,3 +154,24 @@ def test_label_stage_counts_in_equal_out_plus_excluded(tmp_path):
     confusion = read_json(tmp_path / "label" / "key_confusion.json")
     assert {r["id"]: (r["expected"], r["label"]) for r in confusion}["c"] == ("text_search_required", "unanswerable")
     assert (tmp_path / "label" / "plots" / "key_confusion.png").stat().st_size > 1000
+
+
+def test_transitions_count_moves_across_the_search_boundary():
+    from pipeline.curate.transitions import render_transitions, transitions
+
+    before = {"a": "search_free", "b": "search_free", "c": "image_search_required", "d": "text_search_required",
+              "e": "mixed_search_required", "f": "mixed_search_required", "g": "search_free"}
+    after = {"a": "search_free", "b": "text_search_required", "c": "search_free", "d": "image_search_required",
+             "e": "mixed_search_required", "f": "unanswerable", "zz": "search_free"}  # g not re-probed, zz not before
+    t = transitions(before, after)
+    assert t["items"] == 7 and t["same_label"] == 2  # a, e
+    assert t["search_free_to_required"] == 1 and t["required_to_search_free"] == 1  # b; c
+    assert t["moved_across_boundary"] == 2 and t["changed_search_kind"] == 1  # d
+    assert t["fell_out"] == 2  # f (unanswerable), g (not re-probed)
+    assert t["search_free_before"] == 3 and t["search_free_after"] == 2
+    assert t["matrix"]["search_free"]["not_reprobed"] == 1 and t["matrix"]["image_search_required"]["search_free"] == 1
+    assert sum(sum(r.values()) for r in t["matrix"].values()) == 7
+    md = render_transitions(t)
+    assert "| free | 1 | 0 | 1 | 0 | 0 | 0 | 1 |" in md and "2 of 7" in md
+    with pytest.raises(ValueError, match="unanswerable"):
+        transitions({"a": "unanswerable"}, {})

@@ -340,3 +340,61 @@ def test_cascade_and_adaptive_rounds_follow_the_label_rule(world, warm_text, tmp
     assert reached["closed_book"] == len(world.items) and reached["image_only"] > 0
     m = result.metrics
     assert m["rollouts"] == sum(len(v) for by in rows.values() for v in by.values()) < m["rollouts_full_design"]
+
+
+# reprobe stage: the trained policy probes the test split again, exactly as the probe stage would
+# ---------------------------------------------------------------------------------------------------------------
+def test_reprobe_runs_the_probe_and_reports_label_moves(world, warm_text):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import to_dict
+    from pipeline.curate.transitions import AFTER, kind
+    from pipeline.schema import write_items
+
+    cycle = ["search_free", "image_search_required", "text_search_required", "mixed_search_required"]
+    test_file = world.root / "data" / "reprobe_test.parquet"
+    write_items(world.items, test_file)
+    before = {it["id"]: cycle[i % 4] for i, it in enumerate(world.items)}
+    pq.write_table(pq.read_table(test_file).append_column("label", pa.array([before[it["id"]] for it in world.items])),
+                   test_file)
+    probe = {"samples": 2, "batch_items": 4, "adaptive": {"enabled": True, "first_round": 1, "round_size": 1},
+             "engine": {"kind": "transformers", "max_batch": 8}, "sampling": {"max_tokens": 48, "temperature": 0.5}}
+    params = {"search": to_dict(world.search), "probe": probe,
+              "reprobe": {"items": str(test_file), "model": warm_text, "out_dir": str(world.root / "rp" / "out"),
+                          "parts_dir": str(world.root / "rp" / "parts")}}
+    pfile = world.root / "reprobe.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    cache = world.root / world.search.cache.path
+    cache_bytes = cache.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1"}
+    res = subprocess.run([sys.executable, "-m", "stages", "reprobe", "--params", str(pfile)], cwd=world.root, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert cache.read_bytes() == cache_bytes  # the shared cache is only read (searches went to a private copy)
+    out = world.root / "rp" / "out"
+
+    # the same evidence the probe stage gives for these items and this model
+    params["probe"].update(items=str(test_file), model=warm_text, out_dir=str(world.root / "rp" / "probe"),
+                           parts_dir=str(world.root / "rp" / "probe_parts"))
+    pfile.write_text(yaml.safe_dump(params))
+    subprocess.run([sys.executable, "-m", "stages", "probe", "--params", str(pfile)], cwd=world.root, env=env,
+                   check=True, capture_output=True)
+    for cond in ("closed_book", "image_only", "text_only", "tools"):
+        got = pq.read_table(out / cond / "evidence.parquet").drop(["latency_s"]).to_pylist()
+        assert got == pq.read_table(world.root / "rp" / "probe" / cond / "evidence.parquet").drop(["latency_s"]).to_pylist()
+
+    rows = pq.read_table(out / "labels.parquet").to_pylist()
+    assert {r["id"]: r["before"] for r in rows} == before
+    for r in rows:
+        assert r["after"] in AFTER
+        want = ("out" if kind(r["after"]) == "out" else "across" if kind(r["after"]) != kind(r["before"])
+                else "same" if r["after"] == r["before"] else "kind")
+        assert r["moved"] == want, r
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["items"] == 8 == sum(sum(row.values()) for row in m["matrix"].values())
+    moved = [r["moved"] for r in rows]
+    assert m["moved_across_boundary"] == moved.count("across") and m["same_label"] == moved.count("same")
+    assert m["changed_search_kind"] == moved.count("kind") and m["fell_out"] == moved.count("out")
+    assert m["search_free_before"] == 2 and m["relabel"]["counts_add_up"] and m["relabel"]["probed"] == 8
+    assert "| before \\ after |" in (out / "transitions.md").read_text()

@@ -42,7 +42,8 @@ def _get(metrics: Nested, model: str, mode: str, dataset: str, key: str) -> Any:
 def with_summaries(metrics: Nested, datasets: Sequence[str]) -> dict:
     """Copy of `metrics` with an `avg` pseudo-dataset per model x mode (unweighted mean over `datasets` of
     accuracy and search_ratio, as the paper's Avg column) and, per model and dataset, a `vs_rag` entry comparing
-    on-demand search with the always-search workflow of the same model:
+    on-demand search with the always-search workflow of the same model (or, for a model not played in RAG mode, of the
+    first model that is: the paper compares its trained policy with the base model's RAG workflow):
     search_reduction = 1 - SR(on_demand) / SR(rag), accuracy_gap = Acc(on_demand) - Acc(rag)."""
     out: dict = {m: {mode: dict(per) for mode, per in modes.items()} for m, modes in metrics.items()}
     for model, modes in out.items():
@@ -53,10 +54,11 @@ def with_summaries(metrics: Nested, datasets: Sequence[str]) -> dict:
                 "accuracy": mean_or_none(per.get(d, {}).get("accuracy") for d in datasets),
                 "search_ratio": mean_or_none(per.get(d, {}).get("search_ratio") for d in datasets),
             }
-        if "on_demand" in modes and "rag" in modes:
+        rag_modes = modes if "rag" in modes else next((ms for ms in out.values() if "rag" in ms), None)
+        if "on_demand" in modes and rag_modes:
             cmp = {}
             for d in list(datasets) + [AVG]:
-                od, rag = modes["on_demand"].get(d, {}), modes["rag"].get(d, {})
+                od, rag = modes["on_demand"].get(d, {}), rag_modes["rag"].get(d, {})
                 acc_od, acc_rag = od.get("accuracy"), rag.get("accuracy")
                 cmp[d] = {
                     "search_reduction": search_reduction(od.get("search_ratio"), rag.get("search_ratio")),
@@ -82,6 +84,8 @@ def render_table(metrics: Nested, models: Sequence[str], modes: Sequence[str], d
     lines += [header, "|" + "---|" * 2 + "---:|" * (2 + 3 * len(datasets))]
     for mode in modes:
         for model in models:
+            if mode not in metrics.get(model, {}):  # a model not played in this mode (evaluate.models[].modes)
+                continue
             cells = [pct(mean_or_none(_get(metrics, model, mode, x, key) for x in datasets))
                      for key in ("accuracy", "search_ratio")]
             for d in datasets:
@@ -195,4 +199,4 @@ def summary_lines(metrics: Nested, models: Sequence[str], modes: Sequence[str], 
 
     return [f"{model} {mode}: " + ", ".join(f"{d}: acc {cell(model, mode, d, 'accuracy')} "
                                             f"SR {cell(model, mode, d, 'search_ratio')}" for d in datasets)
-            for model in models for mode in modes]
+            for model in models for mode in modes if mode in metrics.get(model, {})]

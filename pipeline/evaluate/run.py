@@ -34,6 +34,8 @@ class EvaluateError(ValueError):
 class ModelSpec:
     name: str = param("", help="short name used in metrics keys and the table (letters, digits, _ or -)")
     path: str = param("", help="model folder, 'packaged:smollm2', 'tiny:text', 'tiny:vlm' or a Hub id")
+    modes: list[str] = param(factory=list, help="this model's modes, a subset of evaluate.modes ([] = all of them); e.g. the "
+                             "paper's Table 1 plays the RAG workflow with the base model only")
 
 
 def _default_models() -> list[ModelSpec]:
@@ -63,6 +65,8 @@ class EvaluateParams(RolloutParams):
     private_cache: bool = param(True, help="search through a copy of the search cache taken at start (sqlite "
                                 "backup into parts_dir), so the shared cache, a dependency of this stage, is only "
                                 "read; false: read and write the shared cache in place")
+    transitions: str = param("data/reprobe/transitions.md", help="the reprobe stage's table of label moves, appended "
+                             "to table.md ('' = none; a missing file is reported and skipped)")
     out_dir: str = param("data/evaluate", help="report folder")
     parts_dir: str = param("data/evaluate_parts", help="finished units while a run is in progress (resume state)")
 
@@ -78,6 +82,11 @@ class EvaluateParams(RolloutParams):
                 raise ValueError(f"models: {m.name!r} needs a name of letters, digits, _ or - and a path")
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, got {names}")
+        for m in self.models:
+            extra = [x for x in m.modes if x not in self.modes]
+            if extra or len(set(m.modes)) != len(m.modes):
+                raise ValueError(f"models: {m.name!r} modes {m.modes} must be distinct values of evaluate.modes "
+                                 f"{self.modes} ([] = all)")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes or len(set(self.modes)) != len(self.modes):
             raise ValueError(f"modes: use distinct values of {list(MODES)}, got {self.modes}")
@@ -90,6 +99,10 @@ class EvaluateParams(RolloutParams):
             raise ValueError("samples must be >= 1 and max_items >= 0")
         if self.cache_mode not in ("", "live", "cache_first", "replay_only"):
             raise ValueError(f"cache_mode {self.cache_mode!r}: use '', live, cache_first or replay_only")
+
+    def modes_of(self, model: ModelSpec) -> list[str]:
+        """The modes `model` is played in, in `modes` order."""
+        return [x for x in self.modes if not model.modes or x in model.modes]
 
 
 @dataclasses.dataclass
@@ -111,7 +124,7 @@ def fingerprint(params: EvaluateParams, model_digest: str, datasets: dict[str, l
     from pipeline.runs import fingerprint as fp
 
     keep = dataclasses.asdict(params)
-    for k in ("out_dir", "parts_dir", "models", "modes", "datasets", "max_items"):
+    for k in ("out_dir", "parts_dir", "models", "modes", "datasets", "max_items", "transitions"):
         keep.pop(k)
     keep["engine"] = {k: keep["engine"][k] for k in ("kind", "dtype", "seed_mode")}
     return fp({"params": keep, "model": model_digest, "search": search,
@@ -201,14 +214,14 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
         except ModelError as exc:
             raise EvaluateError(f"model {m.name!r}: {exc}") from None
 
-    needs_tools = any(mode != "direct" for mode in params.modes)
+    needs_tools = any(mode != "direct" for m in params.models for mode in params.modes_of(m))
     search = search_params(params, params_file, lambda s: print(s, file=sys.stderr)) if needs_tools else None
     search_state = {"params": dataclasses.asdict(search), "index": index_state(search)} if search else {}
     item_ids = {d: [it["id"] for it in selected[d]] for d in selected}
     digests = {name: path_digest(path) for name, path in paths.items()}
     fps = {name: fingerprint(params, digests[name], item_ids, search_state) for name in paths}
     runs = {m.name: Run(params.parts_dir, fps[m.name], [(m.name, d, mode) for d in params.datasets
-                                                        for mode in params.modes], name="__".join)
+                                                        for mode in params.modes_of(m)], name="__".join)
             for m in params.models}
     n_units, n_todo = sum(len(r.units) for r in runs.values()), sum(len(r.todo()) for r in runs.values())
     log(f"evaluate: {n_units} units (model x dataset x mode), {n_units - n_todo} already done")
