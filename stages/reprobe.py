@@ -84,7 +84,8 @@ def run(params: Params, args) -> int:
     per_item = [{"id": i, "before": b, "after": after.get(i, "not_reprobed"), "moved": moved(b, after.get(i))}
                 for i, b in before.items()]
     features = datasets.Features({k: datasets.Value("string") for k in ("id", "before", "after", "moved")})
-    write_table(datasets.Dataset.from_list(per_item, features=features).data.table, out / "labels.parquet")
+    write_table(datasets.Dataset.from_list(per_item, features=features).data.table if per_item else
+                features.arrow_schema.empty_table(), out / "labels.parquet")
     metrics = {**moves, "model": params.model, "relabel": labelled["metrics"],
                "rollouts": result.metrics["rollouts"], "per_condition_rollouts":
                {c: m["rollouts"] for c, m in result.metrics["per_condition"].items()}}
