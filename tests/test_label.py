@@ -175,3 +175,5 @@ def test_transitions_count_moves_across_the_search_boundary():
     assert "| free | 1 | 0 | 1 | 0 | 0 | 0 | 1 |" in md and "2 of 7" in md
     with pytest.raises(ValueError, match="unanswerable"):
         transitions({"a": "unanswerable"}, {})
+    empty = transitions({}, {"zz": "search_free"})  # an empty test split: zeros, and a table that still renders
+    assert empty["items"] == 0 and empty["moved_across_boundary_share"] == 0.0 and "0 of 0" in render_transitions(empty)
