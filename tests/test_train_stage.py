@@ -86,6 +86,17 @@ def test_kill_resume_same_model_and_loads_in_transformers_and_vllm(stage_world):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-3), k
     assert any(not torch.equal(a[k], _weights(stage_world.root / "warm_text")[k]) for k in a)
 
+    # a finished run started again (as `dvc repro` does when an unrelated dependency changed) takes no step past
+    # max_steps: the same model, from the last checkpoint
+    rerun = subprocess.run(_cmd(), cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 3 and m["steps_this_run"] == 0 and m["train_loss"] is not None
+    assert not (out / "checkpoints/checkpoint-4").exists()
+    c = _weights(out / "model")
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert [r["step"] for r in json.loads((out / "curves.json").read_text())] == [1, 2, 3]
+
     # changed settings: those checkpoints are not resumed (and are cleared), same settings: the newest is
     from pipeline.config import build
     from trainer.config import TrainParams

@@ -20,6 +20,7 @@ upstream; use DDP + colocate, see trainer/accelerate/).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -228,6 +229,14 @@ def resume_checkpoint(params: TrainParams, is_main: bool = True, fingerprint: st
     return str(done[-1]) if done else None
 
 
+def finished_checkpoint(checkpoint: str | None, max_steps: int) -> bool:
+    """Whether `checkpoint` already holds the run's last step (max_steps, or with max_steps 0 the run's own)."""
+    if not checkpoint:
+        return False
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= (max_steps if max_steps > 0 else state.get("max_steps") or float("inf"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # trainer
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,7 +361,17 @@ def train(params: TrainParams, search_params: Any, root: str | os.PathLike = "."
     if trainer.accelerator.is_main_process:
         write_exclusions(run.exclusions, out / "exclusions.parquet")
     t_train = time.time()
-    result = trainer.train(resume_from_checkpoint=run.resume_from)
+    if finished_checkpoint(run.resume_from, params.max_steps):
+        # A re-run of a finished run (`dvc repro` after an unrelated dependency changed): HF's Trainer would take one
+        # step past max_steps when resuming from the last checkpoint, so the weights are loaded instead.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(run.resume_from)
+        trainer.state = TrainerState.load_from_json(str(Path(run.resume_from) / "trainer_state.json"))
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        training_loss = sum(losses) / len(losses) if losses else float("nan")
+    else:
+        training_loss = trainer.train(resume_from_checkpoint=run.resume_from).training_loss
     train_s = time.time() - t_train
     save_final_model(run, params.model_dir)
     state = trainer.state
@@ -370,7 +389,7 @@ def train(params: TrainParams, search_params: Any, root: str | os.PathLike = "."
         "train_seconds": round(train_s, 2),
         "seconds_per_step": round(train_s / max(steps_done, 1), 3),
         "total_seconds": round(time.time() - t0, 2),
-        "train_loss": round(float(result.training_loss), 6) if result.training_loss == result.training_loss else None,
+        "train_loss": round(float(training_loss), 6) if training_loss == training_loss else None,
         **summary_metrics(state.log_history),
     }
     if trainer.accelerator.is_main_process:
