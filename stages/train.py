@@ -49,7 +49,7 @@ def run(params: TrainParams, args: argparse.Namespace) -> int:
     metrics = train(params, search, root=Path("."), model_path=model_path)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
-            f"train: {metrics['steps']} steps ({metrics['steps_this_run']} this run, {metrics['seconds_per_step']} s/step, "
+            f"train: {metrics['steps']} steps ({metrics['steps_this_run']} this run, {metrics['seconds_per_step'] or '–'} s/step, "
             f"{metrics['engine']}); reward {metrics.get('reward', float('nan')):.3f}; model -> {params.model_dir}"
         )
     return 0

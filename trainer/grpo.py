@@ -387,7 +387,7 @@ def train(params: TrainParams, search_params: Any, root: str | os.PathLike = "."
         "excluded": len(run.exclusions),
         "processes": trainer.accelerator.num_processes,
         "train_seconds": round(train_s, 2),
-        "seconds_per_step": round(train_s / max(steps_done, 1), 3),
+        "seconds_per_step": round(train_s / steps_done, 3) if steps_done else None,  # None: no step ran
         "total_seconds": round(time.time() - t0, 2),
         "train_loss": round(float(training_loss), 6) if training_loss == training_loss else None,
         **summary_metrics(state.log_history),
