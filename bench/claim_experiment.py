@@ -53,9 +53,9 @@ COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv":
 # prompt, LoRA): run it on a GPU machine after setting the model of the probe/bootstrap GPU profiles.
 PROFILES = {
     "demo": {},
-    "cpu": {"train.max_steps": "24", "train.learning_rate": "2e-05"},
+    "cpu": {"train.max_steps": "24", "train.learning_rate": "2.0e-05"},
     "gpu": {"train.max_steps": "0", "train.num_train_epochs": "1", "train.max_items": "0", "train.samples": "8",
-            "train.per_device_train_batch_size": "8", "train.max_completion_length": "4096", "train.learning_rate": "1e-06",
+            "train.per_device_train_batch_size": "8", "train.max_completion_length": "4096", "train.learning_rate": "1.0e-06",
             "train.beta": "0.001", "train.lora.enabled": "true", "train.precision": "bf16",
             "train.vllm_gpu_memory_utilization": "0.4", "train.grpo_overrides": "{}"},
 }

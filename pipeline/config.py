@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -52,6 +53,9 @@ def read_params(path: str | Path = "params.yaml") -> dict:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # exponent floats PyYAML reads as strings
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -95,6 +99,8 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and YAML11_FLOAT.match(value):  # 2e-5: YAML 1.1 (PyYAML) wants 2.0e-5 for a float
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
         return float(value)

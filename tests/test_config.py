@@ -180,3 +180,23 @@ def test_every_rollout_stage_reads_the_rollout_section_of_params_yaml(tmp_path):
     for stage in ("bootstrap", "probe", "train", "evaluate"):  # `dvc exp run -S rollout.search_k=...` re-runs them
         spec = dvc[stage].get("do", dvc[stage])
         assert "rollout" in spec["params"] and stage in spec["params"], stage
+
+
+def test_exponent_floats_that_yaml_reads_as_strings_are_numbers():
+    """`learning_rate: 2e-5` (no dot) is a string to PyYAML (YAML 1.1), as is what `dvc exp run -S` writes; a float
+    field takes it, and a word is still refused."""
+    import dataclasses
+
+    import yaml
+
+    from pipeline.config import ParamsError, build, param
+
+    @dataclasses.dataclass
+    class P:
+        lr: float = param(1.0, help="x")
+
+    assert yaml.safe_load("lr: 2e-05")["lr"] == "2e-05"
+    assert build(P, yaml.safe_load("lr: 2e-05")).lr == 2e-05
+    assert build(P, {"lr": "-1E+3"}).lr == -1000.0
+    with pytest.raises(ParamsError, match="expected a number"):
+        build(P, {"lr": "fast"})
