@@ -273,3 +273,29 @@ def test_efficiency_components_train_and_log_apart(world, warm_text, tmp_path, e
     assert row["reward"] == pytest.approx(0.9 * acc + 0.1 * fmt + 0.09 * eff, abs=1e-5)
     if efficiency == "among_correct":
         assert eff == pytest.approx(0.0, abs=1e-6)  # sums to 0 within every group
+
+
+def test_training_tools_answer_queries_the_probe_never_made(world):
+    """The default train.cache_mode serves a query missing from the cache from the local backend; replay_only would
+    fail it (with replay_only every tool call of the demo's GRPO failed and the policy learnt to stop searching)."""
+    import dataclasses
+
+    from pipeline.rollout.environment import SEARCH_IMAGE_COLUMN, environment_class
+    from pipeline.rollout.protocols import get_protocol
+    from pipeline.search import SearchTools
+
+    def env_for(mode):
+        search = dataclasses.replace(world.search, cache=dataclasses.replace(world.search.cache, mode=mode))
+        cls = environment_class(get_protocol("mmsearch_r1"), SearchTools.from_params(search, world.root), "tools",
+                                with_images=False)
+        env = cls()
+        item = world.items[0]
+        env.reset(question=item["question"], meta=item["meta"], **{SEARCH_IMAGE_COLUMN: item["image"]})
+        return env
+
+    query = "a query the probe never made about flags"
+    env = env_for(TrainParams().cache_mode)
+    out = env.text_search(query=query)
+    assert out and len(env.calls) == 1 and env.calls[0]["error"] == ""  # passages, not an error
+    with pytest.raises(Exception, match="replay_only"):
+        env_for("replay_only").text_search(query=query + " again")

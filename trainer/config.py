@@ -63,9 +63,11 @@ class TrainParams(RolloutParams, RewardParams):
         None, "put the item image in the prompt (null = yes for a vision-language model, no for a text-only model)"
     )
     cache_mode: Literal["live", "cache_first", "replay_only"] = param(
-        "replay_only",
-        "search cache mode during training (tools come from the params file's `search:` section): replay_only keeps "
-        "training offline and reproducible; a miss is a tool error the policy sees",
+        "cache_first",
+        "search cache mode during training (tools come from the params file's `search:` section): cache_first (local "
+        "backends stay offline and deterministic); replay_only never calls a backend, so every query the probe did "
+        "not make is a tool error the policy sees (with it, every tool call of the demo's GRPO failed and the policy "
+        "learnt to stop searching)",
     )
     # --- data ---
     train_file: str = param("data/balance/train.parquet", "training items (item columns + label)")
