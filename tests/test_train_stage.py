@@ -53,9 +53,13 @@ def test_kill_resume_same_model_and_loads_in_transformers_and_vllm(stage_world):
     import torch
 
     root = stage_world.root
+    cache = root / stage_world.search.cache.path
+    cache_bytes = cache.read_bytes()
     # uninterrupted reference run
     done = subprocess.run(_cmd("output_dir=data/ref"), cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the shared search cache (a dependency of train, reprobe, evaluate and publish) is only read
+    assert cache.read_bytes() == cache_bytes and (root / "data/ref/search_cache_rank0/search_cache.sqlite").exists()
     ref = json.loads((root / "data/ref/metrics.json").read_text())
     assert ref["steps"] == 3 and ref["resumed_from_step"] == 0
 

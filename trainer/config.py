@@ -65,7 +65,8 @@ class TrainParams(RolloutParams, RewardParams):
     cache_mode: Literal["live", "cache_first", "replay_only"] = param(
         "cache_first",
         "search cache mode during training (tools come from the params file's `search:` section): cache_first (local "
-        "backends stay offline and deterministic); replay_only never calls a backend, so every query the probe did "
+        "backends stay offline and deterministic; new searches go to a copy of the cache under output_dir, the "
+        "shared cache is only read); replay_only never calls a backend, so every query the probe did "
         "not make is a tool error the policy sees (with it, every tool call of the demo's GRPO failed and the policy "
         "learnt to stop searching)",
     )

@@ -269,6 +269,15 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
         search_params = dataclasses.replace(search_params, cache=dataclasses.replace(search_params.cache, mode=params.cache_mode))
         if params.search_k > 0:
             search_params = dataclasses.replace(search_params, k_image=params.search_k, k_text=params.search_k)
+        if params.cache_mode != "replay_only":
+            # New searches go to a copy of the cache: the shared one is a dependency of this stage and of publish,
+            # reprobe and evaluate, so writing it would leave them stale after every run.
+            from pipeline.evaluate.run import private_copy
+
+            cache = Path(search_params.cache.path)
+            search_params = private_copy(dataclasses.replace(search_params, cache=dataclasses.replace(
+                search_params.cache, path=str(cache if cache.is_absolute() else Path(root) / cache))),
+                str(Path(params.output_dir).resolve() / f"search_cache_rank{os.environ.get('RANK', '0')}"))
         tools = SearchTools.from_params(search_params, root)
     env_cls = environment_class(protocol, tools, params.condition, with_images=is_vlm)
 
