@@ -4,7 +4,8 @@ Reads:  data/balance/train.parquet (train.train_file; with train.data: unbalance
         the ablation), the policy (train.model; default data/bootstrap/model, the
         bootstrapped labeler, or the base model its model_ref.json names when bootstrap is off), the `rollout:`
         section (protocol, limits, search_k, judge), the search cache/indexes of the `search:` section (cache mode
-        train.cache_mode, default replay_only: offline and reproducible).
+        train.cache_mode, default cache_first; new searches go to a copy under data/train/, the shared cache is
+        only read).
 Writes: data/train/model/ (final policy, loadable by transformers and vLLM), data/train/checkpoints/ (every
         train.save_steps; a killed run resumes from the newest one made with the same settings, start model
         and training items; other checkpoints are cleared),

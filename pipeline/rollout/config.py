@@ -27,7 +27,7 @@ class RolloutParams:
         "full", help="prompt style (pipeline/rollout/protocols/prompts.py): full spells the protocol out (a model "
         "that meets it for the first time); short names the actions only (a labeler the bootstrap taught the protocol)")
     search_k: int = param(0, help="results per search call (0 = search.k_image / search.k_text); one value for "
-                          "every stage, so train's replay_only cache finds what probe cached")
+                          "every stage, so the cache serves every stage the results probe cached")
     judge: JudgeParams = param(factory=JudgeParams, help="answer judge: em with aliases (the paper's reward), "
                                "subem, f1 or llm (an OpenAI-compatible judge: judge.llm.base_url and judge.llm.model)")
     format_rule: Literal["paper", "limits"] = param(
