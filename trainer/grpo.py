@@ -231,9 +231,7 @@ def resume_checkpoint(params: TrainParams, is_main: bool = True, fingerprint: st
 
 def finished_checkpoint(checkpoint: str | None, max_steps: int) -> bool:
     """Whether `checkpoint` already holds the run's last step (max_steps, or with max_steps 0 the run's own)."""
-    if not checkpoint:
-        return False
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {"global_step": -1}
     return state["global_step"] >= (max_steps if max_steps > 0 else state.get("max_steps") or float("inf"))
 
 
@@ -269,11 +267,8 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
         search_params = dataclasses.replace(search_params, cache=dataclasses.replace(search_params.cache, mode=params.cache_mode))
         if params.search_k > 0:
             search_params = dataclasses.replace(search_params, k_image=params.search_k, k_text=params.search_k)
-        if params.cache_mode != "replay_only":
-            # New searches go to a copy of the cache: the shared one is a dependency of this stage and of publish,
-            # reprobe and evaluate, so writing it would leave them stale after every run.
-            from pipeline.evaluate.run import private_copy
-
+        if params.cache_mode != "replay_only":  # searches go to a copy: the shared cache is a dependency of train,
+            from pipeline.evaluate.run import private_copy  # publish, reprobe and evaluate (writing it leaves them stale)
             cache = Path(search_params.cache.path)
             search_params = private_copy(dataclasses.replace(search_params, cache=dataclasses.replace(
                 search_params.cache, path=str(cache if cache.is_absolute() else Path(root) / cache))),
@@ -370,10 +365,8 @@ def train(params: TrainParams, search_params: Any, root: str | os.PathLike = "."
     if trainer.accelerator.is_main_process:
         write_exclusions(run.exclusions, out / "exclusions.parquet")
     t_train = time.time()
-    if finished_checkpoint(run.resume_from, params.max_steps):
-        # A re-run of a finished run (`dvc repro` after an unrelated dependency changed): HF's Trainer would take one
-        # step past max_steps when resuming from the last checkpoint, so the weights are loaded instead.
-        from transformers import TrainerState
+    if finished_checkpoint(run.resume_from, params.max_steps):  # a finished run started again: HF's Trainer would
+        from transformers import TrainerState  # take one step past max_steps, so the last checkpoint is loaded
 
         trainer._load_from_checkpoint(run.resume_from)
         trainer.state = TrainerState.load_from_json(str(Path(run.resume_from) / "trainer_state.json"))
