@@ -44,12 +44,12 @@ def run(params: Params, args) -> int:
 
     from pipeline.config import load_section
     from pipeline.curate.labelling import EVIDENCE_COLUMNS, label_evidence
-    from pipeline.curate.transitions import kind, render_transitions, transitions
-    from pipeline.evaluate.run import private_copy
+    from pipeline.curate.transitions import MISSING, move, render_transitions, transitions
     from pipeline.io import write_json
     from pipeline.probe import ProbeParams, probe
     from pipeline.schema import read_items, write_table
     from pipeline.search import SearchParams, SearchTools
+    from pipeline.search.cache import private_copy
 
     table = pq.read_table(params.items)
     if params.label_column not in table.column_names:
@@ -77,11 +77,7 @@ def run(params: Params, args) -> int:
     before = {i: lab for i, lab in zip(ids, table.column(params.label_column).to_pylist()) if i in chosen}
     moves = transitions(before, after)
 
-    def moved(b: str, a: str | None) -> str:
-        kb, ka = kind(b), kind(a or "not_reprobed")
-        return "out" if ka == "out" else "across" if kb != ka else "same" if a == b else "kind"
-
-    per_item = [{"id": i, "before": b, "after": after.get(i, "not_reprobed"), "moved": moved(b, after.get(i))}
+    per_item = [{"id": i, "before": b, "after": after.get(i, MISSING), "moved": move(b, after.get(i, MISSING))}
                 for i, b in before.items()]
     features = datasets.Features({k: datasets.Value("string") for k in ("id", "before", "after", "moved")})
     write_table(datasets.Dataset.from_list(per_item, features=features).data.table if per_item else

@@ -267,12 +267,10 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
         search_params = dataclasses.replace(search_params, cache=dataclasses.replace(search_params.cache, mode=params.cache_mode))
         if params.search_k > 0:
             search_params = dataclasses.replace(search_params, k_image=params.search_k, k_text=params.search_k)
-        if params.cache_mode != "replay_only":  # searches go to a copy: the shared cache is a dependency of train,
-            from pipeline.evaluate.run import private_copy  # publish, reprobe and evaluate (writing it leaves them stale)
-            cache = Path(search_params.cache.path)
-            search_params = private_copy(dataclasses.replace(search_params, cache=dataclasses.replace(
-                search_params.cache, path=str(cache if cache.is_absolute() else Path(root) / cache))),
-                str(Path(params.output_dir).resolve() / f"search_cache_rank{os.environ.get('RANK', '0')}"))
+        if params.cache_mode != "replay_only":  # new searches go to a copy: the shared cache is a dependency of
+            from pipeline.search.cache import private_copy  # train, publish, reprobe and evaluate
+            rank_dir = Path(params.output_dir) / f"search_cache_rank{os.environ.get('RANK', '0')}"
+            search_params = private_copy(search_params, rank_dir, root)
         tools = SearchTools.from_params(search_params, root)
     env_cls = environment_class(protocol, tools, params.condition, with_images=is_vlm)
 

@@ -35,6 +35,13 @@ def kind(label: str) -> str:
     return "search_required" if label in SEARCH_REQUIRED else "out"
 
 
+def move(before: str, after: str) -> str:
+    """How one item moved: out (unanswerable, uncertain, not re-probed) | across (search_free <-> search-required)
+    | same (the same label) | kind (another kind of search)."""
+    kb, ka = kind(before), kind(after)
+    return "out" if ka == "out" else "across" if kb != ka else "same" if after == before else "kind"
+
+
 def transitions(before: Mapping[str, str], after: Mapping[str, str]) -> dict:
     """The moves of every item of `before` (see the module docstring); items of `after` not in `before` are ignored."""
     bad = sorted({v for v in before.values() if v not in KEPT})
@@ -44,9 +51,8 @@ def transitions(before: Mapping[str, str], after: Mapping[str, str]) -> dict:
     n = len(before)
     moves = Counter((kind(b), kind(a)) for (b, a), c in pairs.items() for _ in range(c))
     free_to_req, req_to_free = moves[("search_free", "search_required")], moves[("search_required", "search_free")]
-    within = sum(c for (b, a), c in pairs.items() if b in SEARCH_REQUIRED and a in SEARCH_REQUIRED and a != b)
-    out = sum(c for (b, a), c in pairs.items() if kind(a) == "out")
-    same = sum(c for (b, a), c in pairs.items() if a == b)
+    moved = Counter(move(b, a) for (b, a), c in pairs.items() for _ in range(c))
+    within, out, same = moved["kind"], moved["out"], moved["same"]
     share = lambda k: round(k / n, 4) if n else 0.0  # noqa: E731
     return {
         "items": n,
@@ -84,4 +90,4 @@ def render_transitions(t: dict, title: str = "Labels after re-probing with the t
     return "\n".join(lines)
 
 
-__all__ = ["AFTER", "KEPT", "kind", "render_transitions", "transitions"]
+__all__ = ["AFTER", "KEPT", "MISSING", "kind", "move", "render_transitions", "transitions"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -147,22 +146,6 @@ def search_params(params: EvaluateParams, params_file: str, log: Callable[[str],
     return search
 
 
-def private_copy(search, parts_dir: str):
-    """SearchParams whose cache is a fresh copy of the shared one (empty when there is none).
-
-    A file copy of the database and its write-ahead log, without opening the source: opening it, even read-only,
-    would leave -shm/-wal files beside it and change the stage's dependency."""
-    src, dst = Path(search.cache.path), Path(parts_dir) / "search_cache.sqlite"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(dst) + suffix).unlink(missing_ok=True)
-    if src.exists():
-        shutil.copyfile(src, dst)
-        if Path(str(src) + "-wal").exists():  # committed pages not yet checkpointed: sqlite replays them on open
-            shutil.copyfile(str(src) + "-wal", str(dst) + "-wal")
-    return dataclasses.replace(search, cache=dataclasses.replace(search.cache, path=str(dst)))
-
-
 def index_state(search) -> dict:
     """Names and sizes of the local index files (a rebuilt index changes search results)."""
     root = Path(search.local.index_dir)
@@ -190,6 +173,7 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
     from pipeline.models import ModelError, resolve_model
     from pipeline.rollout.engines import derive_seed, make_engine
     from pipeline.runs import Run, clear_stale, path_digest
+    from pipeline.search.cache import private_copy
 
     data, selected, excluded, summary = {}, {}, [], {}
     for name, dp in params.datasets.items():

@@ -282,6 +282,27 @@ class SearchCache:
             con.execute("INSERT OR REPLACE INTO image_urls(sha, destination, url) VALUES (?, ?, ?)", (sha, destination, url))
 
 
+def private_copy(search: Any, folder: str | os.PathLike, root: str | os.PathLike = ".") -> Any:
+    """SearchParams whose cache is a fresh copy of the shared one (empty when there is none), at
+    <folder>/search_cache.sqlite; a relative cache path is read from `root`. Stages whose dependency is the shared
+    cache (train, reprobe, evaluate) search through such a copy, so the shared cache is only read.
+
+    A file copy of the database and its write-ahead log, without opening the source: opening it, even read-only,
+    would leave -shm/-wal files beside it and change the stage's dependency."""
+    import dataclasses
+    import shutil
+
+    src, dst = Path(root) / search.cache.path, Path(folder).resolve() / "search_cache.sqlite"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(dst) + suffix).unlink(missing_ok=True)
+    if src.exists():
+        shutil.copyfile(src, dst)
+        if Path(str(src) + "-wal").exists():  # committed pages not yet checkpointed: sqlite replays them on open
+            shutil.copyfile(str(src) + "-wal", str(dst) + "-wal")
+    return dataclasses.replace(search, cache=dataclasses.replace(search.cache, path=str(dst)))
+
+
 def export_features():
     """HF features of an exported cache (one row per cached call)."""
     import datasets
