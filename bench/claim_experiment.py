@@ -176,6 +176,15 @@ def plot(out: Path, runs: list[str]) -> Path | None:
     return out / "curves.png"
 
 
+def restore_workspace(before: dict[Path, str]) -> None:
+    """After a failed `dvc exp run`: its -S overrides stay in params.yaml, dvc.lock holds the stages that ran before
+    the failure, and the failed stage's outputs are gone. Put params.yaml and dvc.lock back and check their outputs
+    out again (from the DVC cache: no stage re-runs)."""
+    for path, text in before.items():
+        path.write_text(text)
+    subprocess.run(["dvc", "checkout", "--force"], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default=",".join(ORDER), help="comma-separated runs, of: " + ", ".join(ORDER))
@@ -210,9 +219,12 @@ def main() -> None:
             print("$ " + " ".join(cmd), flush=True)
             if args.dry:
                 continue
+            before = {f: f.read_text() for f in (Path(args.params), Path("dvc.lock"))}
             done = subprocess.run(cmd)
             if done.returncode:
-                raise SystemExit(f"run {name} failed (exit {done.returncode}); the runs before it are in {out}/")
+                restore_workspace(before)
+                raise SystemExit(f"run {name} failed (exit {done.returncode}); the runs before it are in {out}/, and "
+                                 f"{args.params} and the outputs are back where they were before it")
             (out / name).mkdir(parents=True, exist_ok=True)
             for src, dst in COPIED.items():
                 shutil.copy(src, out / name / dst)

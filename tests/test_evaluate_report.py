@@ -108,14 +108,19 @@ def test_cells_carry_their_interval_and_tool_productivity():
     assert "Tool prod." in md and "Wilson" in md
 
 
-def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
-    """bench/claim_experiment.py's table: RAG figures from the base model when the trained one has no RAG rows, the
-    search cut and accuracy gap computed from them, and the reprobe stage's moves per run."""
+def claim_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("claim", Path(__file__).resolve().parents[1] / "bench" / "claim_experiment.py")
     claim = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(claim)
+    return claim
+
+
+def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
+    """bench/claim_experiment.py's table: RAG figures from the base model when the trained one has no RAG rows, the
+    search cut and accuracy gap computed from them, and the reprobe stage's moves per run."""
+    claim = claim_module()
     cell = lambda acc, sr, **kw: {"test": {"accuracy": acc, "search_ratio": sr, "n_items": 10, **kw}}  # noqa: E731
     metrics = {"base": {"rag": cell(0.6, 1.0), "on_demand": cell(0.7, 0.8, over_search_rate=0.5)},
                "trained": {"on_demand": cell(0.65, 0.6, over_search_rate=0.25, tool_productivity=1.5)}}
@@ -127,3 +132,30 @@ def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| baseline"))
     assert row == "| baseline | 10 | 65.0 | 60.0 | 60.0 | 40% | +5.0 | 25.0 / 50.0 | 1.50 | 3 / 1 of 10 |"
     assert "| no_penalty | – | (not run) |" in text
+
+
+def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
+    """A failed `dvc exp run` leaves its -S override in params.yaml, a dvc.lock with the stages that ran and a
+    failed stage's outputs deleted; restore_workspace puts params.yaml and dvc.lock back and checks the committed
+    outputs out of the DVC cache (a real DVC repository; no stage re-runs)."""
+    import subprocess
+
+    claim = claim_module()
+    monkeypatch.chdir(tmp_path)
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    Path("params.yaml").write_text("n: 1\n")
+    Path("dvc.yaml").write_text("stages:\n  make:\n    cmd: python -c \"import yaml; "
+                                "open('out.txt','w').write(str(yaml.safe_load(open('params.yaml'))['n']))\"\n"
+                                "    params: [n]\n    outs: [out.txt]\n")
+    run("dvc", "repro", "-q")
+    before = {Path("params.yaml"): Path("params.yaml").read_text(), Path("dvc.lock"): Path("dvc.lock").read_text()}
+    # what a failed run leaves: the override, a lock of another run, the output gone
+    Path("params.yaml").write_text("n: 2\n")
+    Path("dvc.lock").write_text(before[Path("dvc.lock")].replace("n: 1", "n: 2"))
+    Path("out.txt").unlink()
+    claim.restore_workspace(before)
+    assert Path("params.yaml").read_text() == "n: 1\n"
+    assert Path("out.txt").read_text() == "1"
+    assert "up to date" in run("dvc", "status").stdout
