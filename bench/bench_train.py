@@ -12,6 +12,8 @@ rewards, and the rest (backward pass and optimizer step). Variants (`--variants`
   lean          precision auto (bf16 autocast where the CPU computes bf16 natively, else fp32), beta 0 (no
                 reference model), no importance-sampling correction (one sampling pass per step, on-policy)
   transformers  `before` with transformers `generate` instead of vLLM colocate
+  top10         `lean` with only the top 10 decoder layers trained (train.train_layers: the backward pass and the
+                optimizer stop there, as in the bootstrap's cold start)
 Data: by default a small search world (8 flags: corpora -> local indexes -> items -> cache) in a temporary folder
 and the packaged SmolLM2-135M-Instruct (env BENCH_MODEL or --model overrides); `--demo` uses this workspace's
 params.yaml (train and search sections, a finished `dvc repro`: the bootstrapped labeler, the balanced train
@@ -37,6 +39,8 @@ VARIANTS = {
     "lean": {"precision": "auto", "beta": 0.0, "use_vllm": True,
              "grpo_overrides": {"vllm_importance_sampling_correction": False}},
     "transformers": {"precision": "fp32", "beta": 0.001, "use_vllm": False, "grpo_overrides": {}},
+    "top10": {"precision": "auto", "beta": 0.0, "use_vllm": True, "train_layers": 10,
+              "grpo_overrides": {"vllm_importance_sampling_correction": False}},
 }
 PHASES = {  # TRL profiling block -> column
     "vLLM.generate": "generate", "transformers.generate": "generate", "transformers.generate_batch": "generate",

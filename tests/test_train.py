@@ -299,3 +299,23 @@ def test_training_tools_answer_queries_the_probe_never_made(world):
     assert out and len(env.calls) == 1 and env.calls[0]["error"] == ""  # passages, not an error
     with pytest.raises(Exception, match="replay_only"):
         env_for("replay_only").text_search(query=query + " again")
+
+
+def test_train_layers_freezes_all_but_the_top_layers(world, warm_text, tmp_path):
+    """train.train_layers=1: a GRPO step moves the top decoder layer and leaves every lower layer and the embeddings
+    bit-equal to the start model (the backward pass stops there); LoRA and a negative count are refused."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.grpo import train
+
+    p = _params(world, warm_text, tmp_path / "train", train_layers=1, learning_rate=1e-3)
+    train(p, world.search, root=world.root)
+    start = AutoModelForCausalLM.from_pretrained(warm_text).state_dict()
+    end = AutoModelForCausalLM.from_pretrained(p.model_dir).state_dict()
+    top = f"model.layers.{len([k for k in start if k.endswith('input_layernorm.weight')]) - 1}."
+    moved = {k for k in start if not torch.equal(start[k], end[k])}
+    assert moved and all(k.startswith(top) or k.startswith("model.norm.") for k in moved), sorted(moved)[:5]
+    for bad in ({"train_layers": -1}, {"train_layers": 2, "lora": {"enabled": True}}):
+        with pytest.raises(ParamsError, match="train_layers"):
+            build(TrainParams, bad, prefix="train.")

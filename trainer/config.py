@@ -115,6 +115,9 @@ class TrainParams(RolloutParams, RewardParams):
         "auto", "training dtype: auto = bf16 on a GPU that supports it or a CPU that computes it natively (AVX512_BF16 "
         "/ AMX; autocast over fp32 weights there), else fp32")
     gradient_checkpointing: bool = param(False, "trade compute for memory in the backward pass")
+    train_layers: int = param(
+        0, "train only the top N decoder layers and the final norm, the rest frozen (the backward pass stops there and "
+        "the optimizer skips them: a 2-core CPU's lever on the step time); 0 = all; not with LoRA")
     lora: LoraParams = param(factory=LoraParams, help="LoRA via peft")
     # --- generation backend ---
     use_vllm: bool = param(False, "generate rollouts with vLLM (else transformers generate)")
@@ -143,6 +146,9 @@ class TrainParams(RolloutParams, RewardParams):
             raise ValueError("vllm_mode=server needs vllm_server_base_url or vllm_server_host")
         if self.resume not in ("latest", "never") and not self.resume.strip():
             raise ValueError("resume must be 'latest', 'never' or a checkpoint path")
+        if self.train_layers < 0 or (self.train_layers and self.lora.enabled):
+            raise ValueError(f"train_layers={self.train_layers}: use 0 (all) or a positive number of top layers, and 0 "
+                             "with LoRA (lora.enabled chooses the trained weights itself)")
         if self.efficiency == "among_correct" and self.per_device_train_batch_size % self.samples:
             raise ValueError(f"efficiency=among_correct compares the rollouts of one group in one reward call: set "
                              f"per_device_train_batch_size ({self.per_device_train_batch_size}) to a multiple of "

@@ -1,9 +1,8 @@
 """GRPO training run: items -> prompts, TRL GRPOTrainer over the protocol's environment, checkpoints, final model.
 
 Reads: `train.train_file` (balanced items: item columns + label; `train.unbalanced_file` with `train.data:
-unbalanced`), optionally `train.eval_file`; the policy model
-(`train.model`, resolved by `pipeline.models.resolve_model`, which follows a bootstrap's model_ref.json); the search tools of the params file's `search:`
-section (cache mode from `train.cache_mode`).
+unbalanced`), optionally `train.eval_file`; the policy model (`train.model`, resolved by `pipeline.models.resolve_model`,
+which follows a bootstrap's model_ref.json); the tools of the params' `search:` section (mode: `train.cache_mode`).
 Writes, under `train.output_dir` (main process only):
   checkpoints/checkpoint-N/   TRL/transformers checkpoints (every `save_steps`), plus checkpoints/run.json (the
                               run's fingerprint, `pipeline.runs`; a checkpoint is resumed only by a run with the same
@@ -76,14 +75,17 @@ def load_processor(path: str, protocol: Any) -> Any:
     return protocol.prepare_tokenizer(proc)
 
 
-def load_policy(path: str, is_vlm: bool, bf16: bool) -> Any:
-    """The policy in bf16 on a bf16 GPU; in fp32 otherwise. On a CPU, `bf16` means autocast over fp32 weights
-    (the Trainer's bf16 flag): a 1e-6 step is below bf16's resolution, so bf16 weights would not move."""
+def load_policy(path: str, is_vlm: bool, bf16: bool, train_layers: int = 0) -> Any:
+    """The policy in bf16 on a bf16 GPU; in fp32 otherwise (on a CPU, `bf16` is autocast over fp32 weights: a 1e-6
+    step is below bf16's resolution); only the top `train_layers` decoder layers trainable when it is set."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from trainer.sft import select_trainable
     cls = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
-    return cls.from_pretrained(path, dtype=torch.bfloat16 if bf16 and torch.cuda.is_available() else torch.float32)
+    model = cls.from_pretrained(path, dtype=torch.bfloat16 if bf16 and torch.cuda.is_available() else torch.float32)
+    select_trainable(model, train_layers)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
     if state.is_main_process:
         mark(params.checkpoints_dir, fingerprint, model=model_path)
 
-    model = load_policy(model_path, is_vlm, args.bf16)
+    model = load_policy(model_path, is_vlm, args.bf16, params.train_layers)
     with cpu_weight_sync_fix(params.use_vllm and params.vllm_mode == "colocate"):
         trainer = GRPOTrainer(
             model=model,

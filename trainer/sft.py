@@ -132,7 +132,7 @@ def cold_start(model_path: str | Path, demos: Sequence[Mapping[str, Any]], outpu
         raise ValueError("no demonstration fits max_seq_len; raise bootstrap.cold_start.max_seq_len")
     train = datasets.Dataset.from_dict({"input_ids": [e[0] for e in encoded], "assistant_masks": [e[1] for e in encoded]})
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    _select_trainable(model, params.train_layers)
+    select_trainable(model, params.train_layers)
     bf16 = training_bf16(params.precision)
     out = Path(output_dir)
     cfg = SFTConfig(
@@ -189,7 +189,9 @@ def _score_labelled_positions_only():
         trl_utils._use_triton = original
 
 
-def _select_trainable(model: Any, train_layers: int) -> list:
+def select_trainable(model: Any, train_layers: int) -> list:
+    """Freeze all but the top `train_layers` decoder layers and the final norm (0, or more than the model has: all
+    stay trainable); returns the trainable parameters. A model without `model.layers` is left as it is."""
     layers = _decoder_layers(model)
     if not train_layers or layers is None or train_layers >= len(layers):
         return [p for p in model.parameters() if p.requires_grad]
@@ -208,4 +210,4 @@ def _decoder_layers(model: Any):
     return getattr(inner, "layers", None)
 
 
-__all__ = ["ColdStartParams", "cold_start", "encode_demo", "encode_fact"]
+__all__ = ["ColdStartParams", "cold_start", "encode_demo", "encode_fact", "select_trainable"]
