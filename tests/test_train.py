@@ -319,3 +319,24 @@ def test_train_layers_freezes_all_but_the_top_layers(world, warm_text, tmp_path)
     for bad in ({"train_layers": -1}, {"train_layers": 2, "lora": {"enabled": True}}):
         with pytest.raises(ParamsError, match="train_layers"):
             build(TrainParams, bad, prefix="train.")
+
+
+def test_max_items_keeps_the_label_mix_of_a_grouped_split(tmp_path):
+    """A split is written in item order, grouped by kind; train.max_items used to take its head (14 search_free items
+    of 16 in the demo, so GRPO learnt to answer directly whatever the penalty). Now: a seeded subset with the file's
+    label mix, the same for the same seed; 0 keeps every row in file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.grpo import read_rows
+
+    labels = ["search_free"] * 14 + ["image_search_required"] * 4 + ["text_search_required"] * 2
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"id": [f"i{n:02d}" for n in range(20)], "question": ["q"] * 20, "answer": ["a"] * 20,
+                             "label": labels}), path)
+    picked = read_rows(path, 10, seed=0)
+    counts = {lab: sum(r["label"] == lab for r in picked) for lab in set(labels)}
+    assert counts == {"search_free": 7, "image_search_required": 2, "text_search_required": 1}
+    assert [r["id"] for r in read_rows(path, 10, seed=0)] == [r["id"] for r in picked]
+    assert {r["id"] for r in read_rows(path, 10, seed=1)} != {r["id"] for r in picked}
+    assert [r["id"] for r in read_rows(path)] == [f"i{n:02d}" for n in range(20)]

@@ -82,7 +82,7 @@ class TrainParams(RolloutParams, RewardParams):
         "training items when data is unbalanced (the balance stage writes it next to train.parquet)",
     )
     eval_file: str = param("", "evaluation items ('' = no evaluation during training)")
-    max_items: int = param(0, "use at most this many training items, in file order (0 = all)")
+    max_items: int = param(0, "use at most this many training items: a seeded subset with the file's label mix (0 = all)")
     max_prompt_length: int = param(1024, "items whose rendered prompt is longer (tokens) are excluded with a reason")
     # --- output ---
     output_dir: str = param("data/train", "checkpoints under <output_dir>/checkpoints, final model in <output_dir>/model")

