@@ -22,7 +22,7 @@ After each run it copies data/evaluate/metrics.json and data/train/curves.tsv to
 (the base model's workflow unless the trained model is played in RAG mode too), the search cut vs RAG, the accuracy
 gap, over-search on search-free items vs the base labeler, tool productivity, and the reprobe stage's label moves
 between search-required and search_free) and
-<out>/curves.png (search ratio and accuracy reward over training steps, one line per run). Prints the table.
+<out>/curves.png (search ratio and accuracy reward over training steps, one line per run: the mean of SMOOTH steps). Prints the table.
 `--report-only` rebuilds table and plot from <out>/ without running anything.
 """
 from __future__ import annotations
@@ -145,6 +145,18 @@ def read_curves(path: Path) -> dict[str, list[float]]:
     return {"step": col("step"), "search/ratio": col("search/ratio"), "reward/accuracy": col("reward/accuracy")}
 
 
+SMOOTH = 4  # steps per plotted mean: a demo step holds one prompt, so single steps jump between 0 and 1
+
+
+def rolling_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each step (fewer at the start), NaN steps left out."""
+    out = []
+    for i in range(len(values)):
+        seen = [v for v in values[max(0, i - window + 1): i + 1] if v == v]
+        out.append(sum(seen) / len(seen) if seen else float("nan"))
+    return out
+
+
 def plot(out: Path, runs: list[str]) -> Path | None:
     import matplotlib
 
@@ -158,13 +170,15 @@ def plot(out: Path, runs: list[str]) -> Path | None:
         if not path.is_file():
             continue
         c = read_curves(path)
-        axes[0].plot(c["step"], c["search/ratio"], marker="o", label=r)
-        axes[1].plot(c["step"], c["reward/accuracy"], marker="o", label=r)
+        for ax, key in zip(axes, ("search/ratio", "reward/accuracy")):
+            line, = ax.plot(c["step"], rolling_mean(c[key], SMOOTH), label=r, linewidth=2)
+            ax.plot(c["step"], c[key], linestyle="none", marker=".", alpha=0.35, color=line.get_color())
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    for ax, title in zip(axes, ("search ratio of the rollouts", "accuracy reward of the rollouts")):
+    for ax, title in zip(axes, (f"search ratio of the rollouts (mean of {SMOOTH} steps; dots: each step)",
+                                f"accuracy reward of the rollouts (mean of {SMOOTH} steps)")):
         ax.set_title(title)
         ax.set_xlabel("GRPO step")
         ax.set_ylim(-0.05, 1.05)
