@@ -48,12 +48,12 @@ RUNS = {
 COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv": "curves.tsv",
           "data/train/metrics.json": "train_metrics.json",
           "data/reprobe/metrics.json": "reprobe.json"}  # kept per run under <out>/<run>/
-# Budgets (--profile): `cpu` learns something in about 25 minutes per run on 2 CPU cores (24 GRPO steps at a learning
-# rate 20x the demo's); `gpu` is the params.yaml GPU profile (a real VLM, the whole train split, 8 rollouts per
+# Budgets (--profile): `cpu` fits 2 CPU cores (12 GRPO steps of 2 prompts x 4 rollouts at a learning rate 15x the
+# demo's: about 20 minutes per run; one prompt per step at 2e-5 swung every run to an extreme, bench/RESULTS.md); `gpu` is the params.yaml GPU profile (a real VLM, the whole train split, 8 rollouts per
 # prompt, LoRA): run it on a GPU machine after setting the model of the probe/bootstrap GPU profiles.
 PROFILES = {
     "demo": {},
-    "cpu": {"train.max_steps": "24", "train.learning_rate": "2.0e-05"},
+    "cpu": {"train.max_steps": "12", "train.per_device_train_batch_size": "8", "train.learning_rate": "1.5e-05"},
     "gpu": {"train.max_steps": "0", "train.num_train_epochs": "1", "train.max_items": "0", "train.samples": "8",
             "train.per_device_train_batch_size": "8", "train.max_completion_length": "4096", "train.learning_rate": "1.0e-06",
             "train.beta": "0.001", "train.lora.enabled": "true", "train.precision": "bf16",

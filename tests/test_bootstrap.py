@@ -150,3 +150,29 @@ def test_balance_by_need_repeats_the_rare_needs_up_to_the_common_one():
     assert out[:len(demos)] == demos and Counter(d["kind"] for d in out) == {"none": 8, "image": 8, "mixed": 8}
     assert Counter(d["i"] for d in out if d["kind"] == "mixed") == {0: 4, 1: 4}  # whole copies first
     assert balance_by_need(demos, seed=0) == out and balance_by_need([], 0) == []
+
+
+def test_select_trainable_finds_a_vlm_decoder_and_refuses_a_model_without_one():
+    """A VLM keeps its decoder under `model.language_model` (Qwen2.5-VL): train_layers=1 trains the top text layer
+    and the text norm only (the vision tower and lower layers stay frozen); a model with no decoder layers where they
+    are looked for raises instead of training every weight; 0 keeps everything trainable."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from trainer.sft import select_trainable
+
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=128, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           fullatt_block_indexes=[0]))
+    vlm = Qwen2_5_VLForConditionalGeneration(cfg)
+    params = select_trainable(vlm, 1)
+    trainable = {n for n, p in vlm.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.language_model.layers.2.", "model.language_model.norm."))
+                             for n in trainable), sorted(trainable)[:5]
+    assert any(n.startswith("model.language_model.norm.") for n in trainable)
+    assert len(params) == len(trainable)
+    assert len(select_trainable(Qwen2_5_VLForConditionalGeneration(cfg), 0)) == len(list(vlm.parameters()))
+    with pytest.raises(ValueError, match="train_layers=2.*no decoder layers"):
+        select_trainable(torch.nn.Sequential(torch.nn.Linear(4, 4)), 2)

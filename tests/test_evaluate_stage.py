@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.evaluate.data import DatasetParams, load_dataset, select_items
+from pipeline.evaluate.data import DatasetParams, load_dataset
+from pipeline.subsets import stratified_subset
 from pipeline.schema import write_items
 
 LABEL_CYCLE = ["search_free", "image_search_required", "text_search_required", "mixed_search_required"]
@@ -178,17 +179,17 @@ def test_extra_benchmark_through_a_gather_source_with_column_mapping(tmp_path):
     assert all(it["question"] and it["answer"] for it in ds.items)
 
 
-def test_select_items_is_seeded_stratified_and_order_free():
+def test_stratified_subset_is_seeded_stratified_and_order_free():
     items = [{"id": f"i{k}"} for k in range(20)]
     labels = {f"i{k}": ("search_free" if k < 15 else "image_search_required") for k in range(20)}
     labels["i19"] = None
-    a = select_items(items, labels, 8, seed=1)
-    b = select_items(list(reversed(items)), labels, 8, seed=1)
+    a = stratified_subset(items, labels, 8, seed=1)
+    b = stratified_subset(list(reversed(items)), labels, 8, seed=1)
     assert a == b and len(a) == 8
     strata = [labels[it["id"]] for it in a]
     assert strata.count("search_free") == 6 and strata.count("image_search_required") == 1 and strata.count(None) == 1
-    assert select_items(items, labels, 8, seed=2) != a
-    assert len(select_items(items, labels, 0, seed=1)) == 20
+    assert stratified_subset(items, labels, 8, seed=2) != a
+    assert len(stratified_subset(items, labels, 0, seed=1)) == 20
 
 
 @pytest.mark.parametrize("name", ["mmsearch_r1", "tool_calls"])

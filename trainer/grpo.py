@@ -91,7 +91,7 @@ def read_rows(path: str | os.PathLike, max_items: int = 0, seed: int = 0) -> lis
     """Item rows of a split (images as their encoded bytes): all in file order, or a seeded subset of `max_items` with
     the file's label mix (a split is in item order, grouped by kind: its head held 14 search_free items of 16)."""
     import pyarrow.parquet as pq
-    from pipeline.evaluate.data import select_items
+    from pipeline.subsets import stratified_subset
 
     if not Path(path).exists():
         raise FileNotFoundError(f"training items {str(path)!r} not found; run the balance stage first (or set train.train_file / train.unbalanced_file)")
@@ -100,7 +100,7 @@ def read_rows(path: str | os.PathLike, max_items: int = 0, seed: int = 0) -> lis
         if col not in table.column_names:
             raise ValueError(f"{path}: column {col!r} missing; expected item columns (pipeline/schema.py ITEM_FEATURES)")
     rows = table.to_pylist()
-    return select_items(rows, {r["id"]: r.get("label") for r in rows}, max_items, seed) if max_items > 0 else rows
+    return stratified_subset(rows, {r["id"]: r.get("label") for r in rows}, max_items, seed) if max_items > 0 else rows
 
 
 def _blocks(content: Any) -> list[dict]:

@@ -191,23 +191,36 @@ def _score_labelled_positions_only():
 
 def select_trainable(model: Any, train_layers: int) -> list:
     """Freeze all but the top `train_layers` decoder layers and the final norm (0, or more than the model has: all
-    stay trainable); returns the trainable parameters. A model without `model.layers` is left as it is."""
-    layers = _decoder_layers(model)
-    if not train_layers or layers is None or train_layers >= len(layers):
+    stay trainable); returns the trainable parameters. The decoder is found where causal LMs keep it (`model.layers`)
+    and where VLMs do (`model.language_model.layers`, `language_model.model.layers`); a model with neither raises
+    instead of silently training every weight."""
+    stack = _decoder_stack(model) if train_layers else None
+    if train_layers and stack is None:
+        raise ValueError(f"train_layers={train_layers}: {type(model).__name__} has no decoder layers where they are "
+                         "looked for (model.layers, model.language_model.layers, language_model.model.layers); "
+                         "set train_layers: 0 (all weights) or use LoRA")
+    if not train_layers or train_layers >= len(stack.layers):
         return [p for p in model.parameters() if p.requires_grad]
     for p in model.parameters():
         p.requires_grad_(False)
-    keep = list(layers[len(layers) - train_layers:])
-    norm = getattr(getattr(model, "model", model), "norm", None)
+    keep = list(stack.layers[len(stack.layers) - train_layers:])
+    norm = getattr(stack, "norm", None)
     params = [p for layer in keep for p in layer.parameters()] + (list(norm.parameters()) if norm is not None else [])
     for p in params:
         p.requires_grad_(True)
     return params
 
 
-def _decoder_layers(model: Any):
+def _decoder_stack(model: Any):
+    """The module holding the decoder's `layers` (and final `norm`): a causal LM's `model`, or a VLM's language model."""
+    from torch import nn
+
     inner = getattr(model, "model", None)
-    return getattr(inner, "layers", None)
+    for candidate in (inner, getattr(inner, "language_model", None),
+                      getattr(getattr(model, "language_model", None), "model", None)):
+        if candidate is not None and isinstance(getattr(candidate, "layers", None), nn.ModuleList):
+            return candidate
+    return None
 
 
 __all__ = ["ColdStartParams", "cold_start", "encode_demo", "encode_fact", "select_trainable"]

@@ -3,12 +3,11 @@
 A dataset is a parquet in item schema (data/balance/test.parquet: item columns + `label` as a string), or any
 file/folder/Hub dataset the gather sources read (`format: local | hf | mmsearch_r1` with a column mapping, e.g. the
 paper's veRL parquet). Rows that cannot become items, and labels that are not one of pipeline.schema.LABELS, go to
-the exclusion list with a reason; the counts always add up (rows in = items + excluded). `select_items` then takes
-a seeded, label-stratified subset so the demo stays small. Reads the dataset files only; writes nothing.
+the exclusion list with a reason; the counts always add up (rows in = items + excluded). The run then takes a
+seeded, label-stratified subset (`pipeline.subsets`) so the demo stays small. Reads the dataset files only; writes nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -131,38 +130,3 @@ def load_dataset(name: str, p: DatasetParams) -> EvalDataset:
         raise FileNotFoundError(f"dataset {name!r}: {p.path} not found; run the balance stage (dvc repro balance) "
                                 "for the test split, or fix evaluate.datasets." + name + ".path")
     return _read_items_format(name, p) if p.format == "items" else _read_source_format(name, p)
-
-
-def _rank(seed: int, item_id: str) -> str:
-    return hashlib.sha1(f"{seed}\x1f{item_id}".encode()).hexdigest()
-
-
-def select_items(items: list[dict], labels: dict[str, str | None], max_items: int, seed: int) -> list[dict]:
-    """A seeded subset of at most `max_items` items (0 = all), stratified by label: each label (unlabelled is its
-    own stratum) gets a share proportional to its size by largest remainder, and every present stratum at least
-    one item when `max_items` allows it. The result is in a stable order (by seeded rank), independent of the
-    input order."""
-    ranked = sorted(items, key=lambda it: _rank(seed, it["id"]))
-    if not max_items or max_items >= len(items):
-        return ranked
-    strata: dict[str, list[dict]] = {}
-    for it in ranked:
-        strata.setdefault(labels.get(it["id"]) or "", []).append(it)
-    keys = sorted(strata)
-    total = len(items)
-    quota = {k: max_items * len(strata[k]) // total for k in keys}
-    if max_items >= len(keys):
-        for k in keys:
-            quota[k] = max(quota[k], 1)
-    rest = sorted(keys, key=lambda k: (-(max_items * len(strata[k]) % total), k))
-    i = 0
-    while sum(quota.values()) < max_items:
-        k = rest[i % len(rest)]
-        if quota[k] < len(strata[k]):
-            quota[k] += 1
-        i += 1
-    while sum(quota.values()) > max_items:  # the minimum of one per stratum overshot: trim the largest
-        k = max(keys, key=lambda k: (quota[k], k))
-        quota[k] -= 1
-    chosen = {it["id"] for k in keys for it in strata[k][: quota[k]]}
-    return [it for it in ranked if it["id"] in chosen]

@@ -167,11 +167,12 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
     """Play every unit not stored yet and return the stored rollouts of all of them (see the module docstring)."""
     import pyarrow as pa
 
-    from pipeline.evaluate.data import load_dataset, select_items
+    from pipeline.evaluate.data import load_dataset
     from pipeline.evaluate.modes import EVAL_ROLLOUT_FEATURES, run_mode
     from pipeline.io import progress
     from pipeline.models import ModelError, resolve_model
     from pipeline.rollout.engines import derive_seed, make_engine
+    from pipeline.subsets import stratified_subset
     from pipeline.runs import Run, clear_stale, path_digest
     from pipeline.search.cache import private_copy
 
@@ -182,7 +183,7 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
         except (FileNotFoundError, ValueError) as exc:
             raise EvaluateError(str(exc)) from None
         limit = params.max_items if dp.max_items is None else dp.max_items
-        chosen = select_items(ds.items, ds.labels, limit, derive_seed(params.seed, "evaluate", name))
+        chosen = stratified_subset(ds.items, ds.labels, limit, derive_seed(params.seed, "evaluate", name))
         data[name], selected[name] = ds, chosen
         excluded += ds.excluded
         summary[name] = {"rows": ds.n_rows, "valid_items": len(ds.items), "excluded": len(ds.excluded),
