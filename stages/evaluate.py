@@ -10,7 +10,8 @@ Writes: <out_dir>/rollouts.parquet (every trajectory: ROLLOUT_FEATURES + dataset
         model -> mode -> dataset -> metric, so `dvc metrics show` prints keys like trained.on_demand.test.search_ratio;
         each cell with `ci95` (95% interval per rate and ratio, e.g. trained.on_demand.test.ci95.accuracy.lo) and
         tool_productivity; plus `avg` per model x mode and `vs_rag` per model), <out_dir>/table.md (the paper's
-        Table 1 shape, n and intervals per cell),
+        Table 1 shape, n and intervals per cell, then per dataset what the on-demand policy did per label: its
+        action sequences with their counts and correct ones),
         followed by the reprobe stage's table of label moves (evaluate.transitions, data/reprobe/transitions.md),
         <out_dir>/accuracy_vs_search.png and <out_dir>/plots/accuracy_vs_search_<dataset>.csv (DVC plots),
         <out_dir>/exclusions.parquet (dataset rows that are not valid items, with the reason), <out_dir>/run.json;
@@ -37,7 +38,7 @@ SECTION = "evaluate"
 
 def run(params: EvaluateParams, args) -> int:
     from pipeline.evaluate.metrics import metrics_by_group
-    from pipeline.evaluate.report import render_table, summary_lines, with_summaries, write_plots
+    from pipeline.evaluate.report import behaviour_table, render_table, summary_lines, with_summaries, write_plots
     from pipeline.evaluate.run import EvaluateError, evaluate
     from pipeline.io import write_exclusions, write_json
     from pipeline.schema import write_table
@@ -55,6 +56,8 @@ def run(params: EvaluateParams, args) -> int:
     metrics = with_summaries(nested, datasets)
     write_json({**metrics, "datasets": ev.datasets}, out / "metrics.json")
     table = render_table(nested, names, params.modes, datasets)
+    rows = ev.rollouts.select(["dataset", "condition", "model", "label", "actions", "correct"]).to_pylist()
+    table += "".join(behaviour_table(rows, names, d) for d in datasets)
     if params.transitions and Path(params.transitions).exists():
         table += "\n" + Path(params.transitions).read_text(encoding="utf-8")
     elif params.transitions:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.evaluate.report import plot_records, render_table, with_summaries, write_plots
+from pipeline.evaluate.report import behaviour_table, plot_records, render_table, with_summaries, write_plots
 from pipeline.evaluate.metrics import METRIC_KEYS
 
 
@@ -159,3 +159,25 @@ def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
     assert Path("params.yaml").read_text() == "n: 1\n"
     assert Path("out.txt").read_text() == "1"
     assert "up to date" in run("dvc", "status").stdout
+
+
+def test_behaviour_table_counts_action_sequences_per_label():
+    """Hand-built trajectories: cells count each label's action sequences (correct ones in brackets), rare sequences
+    beyond `top` go to 'other', other modes, models and datasets are left out."""
+    def row(label, actions, correct, model="trained", mode="on_demand", dataset="test"):
+        return {"dataset": dataset, "condition": mode, "model": model, "label": label, "actions": actions,
+                "correct": correct}
+    rows = [row("mixed_search_required", ["image_search", "answer"], False)] * 3 + \
+        [row("mixed_search_required", ["image_search", "text_search", "answer"], True),
+         row("search_free", ["answer"], True), row("search_free", ["answer"], False),
+         row("search_free", ["text_search", "text_search", "answer"], True),
+         row("search_free", ["answer"], True, mode="rag"), row("search_free", ["answer"], True, model="base"),
+         row("search_free", ["answer"], True, dataset="other")]
+    text = behaviour_table(rows, ["trained"], "test", top=3)
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()
+             if line.startswith("| trained |")}
+    header = next(line for line in text.splitlines() if line.startswith("| Model |"))
+    assert header == "| Model | Label | image_search > answer | answer | image_search > text_search > answer | other |"
+    assert lines[("trained", "mixed_search_required")].endswith("| 3 (0) | – | 1 (1) | – |")
+    assert lines[("trained", "search_free")].endswith("| – | 2 (1) | – | 1 (1) |")
+    assert behaviour_table(rows, ["trained"], "missing") == ""

@@ -116,6 +116,11 @@ def test_evaluate_end_to_end_and_resume(world, tiny_text_model_path):
                                            "labelled_items": 6}
     table = (out / "table.md").read_text()
     assert table.count("| RAG workflow |") >= 2 and "| test Acc | test SR |" in table
+    # what the on-demand policy did per label: the counts of its action sequences add up to its trajectories
+    behaviour = table.split("what the policy did per label")[1]
+    counts = [int(c.split(" (")[0]) for line in behaviour.splitlines() if line.startswith("| trained |")
+              for c in line.split(" | ")[2:] if c.strip(" |") != "–"]
+    assert sum(counts) == metrics["trained"]["on_demand"]["test"]["n_rollouts"] == 6
     assert (out / "accuracy_vs_search.png").exists()
     assert (out / "plots" / "accuracy_vs_search_test.csv").read_text().count("\n") == 1 + 6
 

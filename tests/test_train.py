@@ -231,10 +231,17 @@ def test_config_maps_onto_grpo_config_and_rejects_unknown_keys():
         build(TrainParams, {"limits": {"max_turn": 2}})
     with pytest.raises(ValueError, match="not a GRPOConfig field; did you mean 'num_iterations'"):
         to_grpo_config(build(TrainParams, {"grpo_overrides": {"num_iteration": 2}}))
+    # advantage scaling is a first-class switch (Dr. GRPO's none); the override cannot set it behind its back
+    assert cfg.scale_rewards == "group" and to_grpo_config(build(TrainParams, {"scale_rewards": "none"})).scale_rewards == "none"
+    with pytest.raises(ValueError, match="scale_rewards = train.scale_rewards"):
+        to_grpo_config(build(TrainParams, {"grpo_overrides": {"scale_rewards": "batch"}}))
+    with pytest.raises(ParamsError, match="scale_rewards"):
+        build(TrainParams, {"scale_rewards": "std"})
     # fingerprints ignore cadence/output settings but not what changes the trajectory
     a = build(TrainParams, {})
     assert a.fingerprint() == build(TrainParams, {"save_steps": 99, "max_steps": 3}).fingerprint()
     assert a.fingerprint() != build(TrainParams, {"learning_rate": 2e-6}).fingerprint()
+    assert a.fingerprint() != build(TrainParams, {"scale_rewards": "none"}).fingerprint()
 
 
 def test_efficiency_switch_sets_trls_aggregation():

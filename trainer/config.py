@@ -101,6 +101,10 @@ class TrainParams(RolloutParams, RewardParams):
     beta: float = param(0.001, "KL coefficient against the reference policy (0 = no reference model)")
     epsilon: float = param(0.2, "PPO-style clip range of the importance ratio")
     loss_type: str = param("dapo", "GRPO loss normalisation: grpo, dapo, dr_grpo, bnpo, ... (TRL loss_type)")
+    scale_rewards: Literal["group", "batch", "none"] = param(
+        "group", "advantage scaling (GRPOConfig.scale_rewards): group = divide by the group's reward std (GRPO; a "
+        "group that differs only by the search penalty gets advantages of +-1, as large as right vs wrong), batch = "
+        "by the batch's std, none = reward minus the group mean (Dr. GRPO: the penalty stays 0.1 of a right answer)")
     temperature: float = param(1.0, "sampling temperature of the rollouts")
     top_p: float = param(1.0, "nucleus sampling of the rollouts")
     max_completion_length: int = param(512, "tokens per rollout over all its turns, tool results included")
@@ -133,7 +137,7 @@ class TrainParams(RolloutParams, RewardParams):
     vllm_enable_sleep_mode: bool = param(False, "colocate mode: offload vLLM weights/cache during the optimizer step (GPU)")
     # --- escape hatch ---
     grpo_overrides: dict[str, Any] = param(
-        {}, "any other GRPOConfig field by name (e.g. num_iterations, steps_per_generation, scale_rewards); checked"
+        {}, "any other GRPOConfig field by name (e.g. num_iterations, steps_per_generation); checked"
     )
     report_to: list[str] = param([], "extra trackers (tensorboard, wandb, ...); the curves files are always written")
 
@@ -204,11 +208,12 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
 
     known = grpo_config_fields()
     mapped = sorted(set(params.grpo_overrides) & {"num_generations", "max_tool_calling_iterations", "output_dir",
-                                                  "multi_objective_aggregation"})
+                                                  "multi_objective_aggregation", "scale_rewards"})
     if mapped:
         raise ValueError(f"train.grpo_overrides: {mapped[0]!r} is set from the train section (num_generations = "
                          "train.samples, max_tool_calling_iterations = rollout.limits.max_turns - 1, output_dir = "
-                         "train.output_dir, multi_objective_aggregation = train.efficiency); set those instead")
+                         "train.output_dir, multi_objective_aggregation = train.efficiency, scale_rewards = "
+                         "train.scale_rewards); set those instead")
     bad = sorted(set(params.grpo_overrides) - known)
     if bad:
         import difflib
@@ -231,6 +236,7 @@ def to_grpo_config(params: TrainParams, *, reward_weights: list[float] | None = 
         beta=params.beta,
         epsilon=params.epsilon,
         loss_type=params.loss_type,
+        scale_rewards=params.scale_rewards,
         temperature=params.temperature,
         top_p=params.top_p,
         max_completion_length=params.max_completion_length,

@@ -119,6 +119,40 @@ def render_table(metrics: Nested, models: Sequence[str], modes: Sequence[str], d
     return "\n".join(lines)
 
 
+def behaviour_table(rows: Sequence[Mapping[str, Any]], models: Sequence[str], dataset: str, mode: str = "on_demand",
+                    top: int = 6) -> str:
+    """What the policy did per label: one row per model x label, one column per action sequence (the `top` most
+    frequent over the table, the rest in 'other'), each cell 'trajectories (correct)'. Empty when no row matches.
+    A collapse the aggregate figures hide shows here: e.g. every mixed item answered after the image search alone."""
+    from collections import Counter
+
+    picked = [r for r in rows if r.get("dataset") == dataset and r.get("condition") == mode and r.get("model") in models]
+    if not picked:
+        return ""
+    seq = lambda r: " > ".join(r.get("actions") or []) or "(none)"  # noqa: E731
+    freq = Counter(seq(r) for r in picked)
+    cols = [s for s, _ in freq.most_common(top)]
+    other = len(freq) > len(cols)
+    cells: dict[tuple, list[int]] = {}
+    for r in picked:
+        s = seq(r)
+        key = (r["model"], r.get("label") or "(no label)", s if s in cols else "other")
+        c = cells.setdefault(key, [0, 0])
+        c[0] += 1
+        c[1] += bool(r.get("correct"))
+    heads = cols + (["other"] if other else [])
+    lines = ["", f"## {dataset}: what the policy did per label ({MODE_TITLES.get(mode, mode)})", "",
+             "Trajectories per action sequence, correct ones in brackets.", "",
+             "| Model | Label | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
+    labels = sorted({k[1] for k in cells})
+    for model in models:
+        for label in labels:
+            row = [cells.get((model, label, h)) for h in heads]
+            if any(row):
+                lines.append(f"| {model} | {label} | " + " | ".join(f"{c[0]} ({c[1]})" if c else "–" for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def efficiency_cells(m: Mapping[str, Any]) -> list[str]:
     """The cells of one model x mode row of a dataset's search-efficiency table (after Mode and Model)."""
     return [
