@@ -17,7 +17,8 @@ inherits another's override; `--set` overrides apply to all runs (the training a
 runs last, so the workspace ends on it (with the `--set` budget: `git checkout params.yaml dvc.lock && dvc checkout`
 returns to the commit); `dvc exp show` lists the runs.
 
-After each run it copies data/evaluate/metrics.json and data/train/curves.tsv to <out>/<run>/, and at the end writes
+After each run it copies data/evaluate/metrics.json and table.md (as evaluation.md), data/train/curves.tsv and the
+train and reprobe metrics to <out>/<run>/, and at the end writes
 <out>/table.md (one row per run: the trained policy's on-demand accuracy and search ratio with 95% intervals, RAG's
 (the base model's workflow unless the trained model is played in RAG mode too), the search cut vs RAG, the accuracy
 gap, over-search on search-free items vs the base labeler, tool productivity, and the reprobe stage's label moves
@@ -47,10 +48,13 @@ RUNS = {
 }
 COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv": "curves.tsv",
           "data/train/metrics.json": "train_metrics.json",
-          "data/reprobe/metrics.json": "reprobe.json"}  # kept per run under <out>/<run>/
-# Budgets (--profile): `cpu` fits 2 CPU cores (12 GRPO steps of 2 prompts x 4 rollouts at a learning rate 15x the
-# demo's: about 20 minutes per run; one prompt per step at 2e-5 swung every run to an extreme, bench/RESULTS.md); `gpu` is the params.yaml GPU profile (a real VLM, the whole train split, 8 rollouts per
-# prompt, LoRA): run it on a GPU machine after setting the model of the probe/bootstrap GPU profiles.
+          "data/reprobe/metrics.json": "reprobe.json",
+          "data/evaluate/table.md": "evaluation.md"}  # kept per run under <out>/<run>/ (evaluation.md: the full
+# report, with what the policy did per label)
+# Budgets (--profile): `cpu` fits 2 CPU cores: 12 GRPO steps of 2 prompts x 4 rollouts at a learning rate 15x the
+# demo's, 14-24 minutes per run (the penalty runs still collapse, bench/RESULTS.md); `gpu` is the params.yaml GPU
+# profile (a real VLM, the whole train split, 8 rollouts per prompt, LoRA): run it on a GPU machine after setting the
+# model of the probe/bootstrap GPU profiles.
 PROFILES = {
     "demo": {},
     "cpu": {"train.max_steps": "12", "train.per_device_train_batch_size": "8", "train.learning_rate": "1.5e-05"},
@@ -205,8 +209,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for every run, e.g. train.max_steps=12 (repeatable)")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                    help="training budget applied before --set: demo (params.yaml as it is), cpu (24 steps at lr "
-                    "2e-5), gpu (the GPU profile: whole train split, 8 rollouts, LoRA, bf16)")
+                    help="training budget applied before --set: demo (params.yaml as it is), cpu (" +
+                    ", ".join(f"{k}={v}" for k, v in PROFILES["cpu"].items()) + "), gpu (the GPU profile: whole "
+                    "train split, 8 rollouts, LoRA, bf16)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="bench/claim", help="per-run copies, table.md and curves.png go here")
     ap.add_argument("--dry", action="store_true", help="print the dvc commands only")
