@@ -216,6 +216,10 @@ def main() -> None:
     ap.add_argument("--out", default="bench/claim", help="per-run copies, table.md and curves.png go here")
     ap.add_argument("--dry", action="store_true", help="print the dvc commands only")
     ap.add_argument("--report-only", action="store_true", help="rebuild table.md and curves.png from --out")
+    ap.add_argument("--gc", action="store_true",
+                    help="after the runs, drop their models and checkpoints from the DVC cache (`dvc gc --workspace "
+                    "--all-commits --force`: keeps the workspace's and every commit's outputs, frees about 8 GB per "
+                    "run; the runs' experiment refs stay, their outputs cannot be checked out any more)")
     args = ap.parse_args()
     wanted = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = sorted(set(wanted) - set(RUNS))
@@ -253,6 +257,12 @@ def main() -> None:
     (out / "table.md").write_text(text)
     png = plot(out, runs)
     print(text + (f"plot: {png}" if png else "no curves to plot"))
+    if args.gc and not args.report_only:
+        cmd = ["dvc", "gc", "--workspace", "--all-commits", "--force"]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    elif not args.report_only:
+        print("each run's models and checkpoints stay in the DVC cache (about 8 GB per run); --gc frees them")
 
 
 if __name__ == "__main__":
