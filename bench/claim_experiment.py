@@ -24,7 +24,9 @@ train and reprobe metrics to <out>/<run>/, and at the end writes
 gap, over-search on search-free items vs the base labeler, tool productivity, and the reprobe stage's label moves
 between search-required and search_free) and
 <out>/curves.png (search ratio and accuracy reward over training steps, one line per run: the mean of SMOOTH steps). Prints the table.
-`--report-only` rebuilds table and plot from <out>/ without running anything.
+`--report-only` rebuilds table and plot from <out>/ without running anything. `--sampled K` also evaluates each run's
+policy sampled (K rollouts per item at temperature 1, base and trained, on demand) into <out>/<run>/sampled/, and the
+table gets a second part with those figures.
 """
 from __future__ import annotations
 
@@ -142,6 +144,51 @@ def table(out: Path, runs: list[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def sampled_params(params: dict, samples: int, out_dir: str, parts_dir: str) -> dict:
+    """params.yaml with an evaluate section that plays only on-demand search, base and trained, `samples` rollouts
+    per item at temperature 1: the policy GRPO trains (it samples), where greedy decoding shows only the decisions
+    that flipped."""
+    out = json.loads(json.dumps(params))
+    e = out["evaluate"]
+    e["models"] = [dict(m, modes=["on_demand"]) for m in e.get("models") or
+                   [{"name": "base", "path": "data/bootstrap/model"}, {"name": "trained", "path": "data/train/model"}]]
+    e["modes"] = ["on_demand"]
+    e["samples"] = samples
+    e["sampling"] = dict(e.get("sampling") or {}, temperature=1.0)
+    e.update(transitions="", out_dir=out_dir, parts_dir=parts_dir)
+    return out
+
+
+def sampled_table(out: Path, runs: list[str]) -> str:
+    """The trained and base policies sampled (<out>/<run>/sampled/metrics.json); '' when no run has them."""
+    rows = []
+    for r in runs:
+        path = out / r / "sampled" / "metrics.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())
+        cells = []
+        for key in ("accuracy", "search_ratio", "over_search_rate", "under_search_rate"):
+            cells += [fmt(*figure(m, "trained", "on_demand", key)), fmt(figure(m, "base", "on_demand", key)[0])]
+        n, _ = figure(m, "trained", "on_demand", "n_rollouts")
+        rows.append(f"| {r} | {n} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    head = ["", "Sampled on-demand policy (temperature 1, `--sampled` rollouts per item; trained, then base):", "",
+            "| Run | trajectories | Acc | base | SR | base | Over-search | base | Under-search | base |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    return "\n".join(head + rows) + "\n"
+
+
+def run_sampled(params: dict, samples: int, out: Path) -> None:
+    """Evaluate the workspace's base and trained policies sampled (`sampled_params`) into `out`."""
+    spec = Path(out) / "sampled_params.yaml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(yaml.safe_dump(sampled_params(params, samples, str(out), "data/evaluate_sampled_parts"),
+                                   sort_keys=False))
+    subprocess.run([sys.executable, "-m", "stages", "evaluate", "--params", str(spec)], check=True)
+
+
 def read_curves(path: Path) -> dict[str, list[float]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
@@ -216,6 +263,10 @@ def main() -> None:
     ap.add_argument("--out", default="bench/claim", help="per-run copies, table.md and curves.png go here")
     ap.add_argument("--dry", action="store_true", help="print the dvc commands only")
     ap.add_argument("--report-only", action="store_true", help="rebuild table.md and curves.png from --out")
+    ap.add_argument("--sampled", type=int, default=0, metavar="K",
+                    help="after each run, also play base and trained on demand with K rollouts per item at temperature "
+                    "1 (<out>/<run>/sampled/: the sampled policy GRPO trains moves before greedy decisions flip; "
+                    "about 2 minutes per model and K=4 on 2 CPU cores); 0 = off")
     ap.add_argument("--gc", action="store_true",
                     help="after the runs, drop their models and checkpoints from the DVC cache (`dvc gc --workspace "
                     "--all-commits --force`: keeps the workspace's and every commit's outputs, frees about 8 GB per "
@@ -251,9 +302,11 @@ def main() -> None:
             (out / name).mkdir(parents=True, exist_ok=True)
             for src, dst in COPIED.items():
                 shutil.copy(src, out / name / dst)
+            if args.sampled:
+                run_sampled(yaml.safe_load(Path(args.params).read_text()), args.sampled, out / name / "sampled")
     if args.dry:
         return
-    text = table(out, runs)
+    text = table(out, runs) + sampled_table(out, runs)
     (out / "table.md").write_text(text)
     png = plot(out, runs)
     print(text + (f"plot: {png}" if png else "no curves to plot"))

@@ -134,6 +134,35 @@ def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
     assert "| no_penalty | – | (not run) |" in text
 
 
+def test_claim_sampled_evaluation_params_pass_the_stage_and_fill_a_second_table(tmp_path):
+    """`--sampled K`: the params it writes are a valid evaluate section (checked by the stage's own loader) that plays
+    only on-demand search, for base and trained, K rollouts at temperature 1, with the rest of params.yaml as it
+    was; its figures form a second table, and a run without them leaves it out."""
+    import yaml
+
+    from pipeline.config import load_section
+    from pipeline.evaluate.run import EvaluateParams
+
+    claim = claim_module()
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    spec = claim.sampled_params(params, 4, "out/s", "parts/s")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    ev = load_section(EvaluateParams, "evaluate", tmp_path / "p.yaml")
+    assert ev.modes == ["on_demand"] and [m.modes for m in ev.models] == [["on_demand"]] * len(ev.models) == [["on_demand"]] * 2
+    assert ev.samples == 4 and ev.sampling.temperature == 1.0 and ev.sampling.max_tokens == params["evaluate"]["sampling"]["max_tokens"]
+    assert (ev.out_dir, ev.parts_dir, ev.transitions) == ("out/s", "parts/s", "")
+    assert params["evaluate"]["samples"] == 1 and spec["train"] == params["train"]  # the workspace's params untouched
+    cell = lambda acc, sr, over: {"test": {"accuracy": acc, "search_ratio": sr, "over_search_rate": over,  # noqa: E731
+                                           "under_search_rate": 0.1, "n_rollouts": 40}}
+    (tmp_path / "baseline" / "sampled").mkdir(parents=True)
+    (tmp_path / "baseline" / "sampled" / "metrics.json").write_text(json.dumps(
+        {"base": {"on_demand": cell(0.5, 0.7, 0.2)}, "trained": {"on_demand": cell(0.55, 0.6, 0.1)}}))
+    text = claim.sampled_table(tmp_path, ["no_penalty", "baseline"])
+    assert text.strip().splitlines()[-1] == "| baseline | 40 | 55.0 | 50.0 | 60.0 | 70.0 | 10.0 | 20.0 | 10.0 | 10.0 |"
+    assert "no_penalty" not in text and claim.sampled_table(tmp_path, ["no_penalty"]) == ""
+
+
 def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
     """A failed `dvc exp run` leaves its -S override in params.yaml, a dvc.lock with the stages that ran and a
     failed stage's outputs deleted; restore_workspace puts params.yaml and dvc.lock back and checks the committed
