@@ -27,11 +27,19 @@ between search-required and search_free) and
 `--report-only` rebuilds table and plot from <out>/ without running anything. `--sampled K` also evaluates each run's
 policy sampled (K rollouts per item at temperature 1, base and trained, on demand) into <out>/<run>/sampled/, and the
 table gets a second part with those figures.
+
+`--start-over-search SHARE` starts GRPO not from the labeler but from a policy that searches what it knows: the
+labeler's own cold start on the base model (bootstrap.base_model) with `over_search: SHARE` of the known items searched
+anyway under tools (train.cold_start with train.cold_start_overrides; made once, under data/train/cold_start, and reused
+by every run). The labels stay the labeler's, and the knowledge is the same base model's; only the search habit
+differs, as in the paper, whose base model is not trained to answer what it knows. The evaluation gets a `start` row
+(on demand), and the table shows its search ratio and over-search next to the trained policy's.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -40,6 +48,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's packages, run from anywhere
 
 RUNS = {
     "no_penalty": {"train.search_penalty": 0.0},
@@ -77,15 +87,48 @@ def param_value(params: dict, dotted: str):
     return node
 
 
-def run_commands(runs: list[str], params: dict, extra: dict[str, str], stamp: str) -> list[tuple[str, list[str]]]:
+def evaluate_models(params: dict) -> list[dict]:
+    """params.yaml's evaluate.models, or the stage's default (base, trained) when the file leaves it out."""
+    from pipeline.evaluate.run import _default_models
+
+    models = (params.get("evaluate") or {}).get("models")
+    return [dict(m) for m in models] if models else [dataclasses.asdict(m) for m in _default_models()]
+
+
+def hydra_value(v) -> str:
+    """A value in the override grammar of `dvc exp run -S` (Hydra): strings as they are, mappings as {k: v}."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(hydra_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def start_overrides(params: dict, share: float) -> dict:
+    """The overrides of `--start-over-search SHARE`: GRPO starts from the base model's cold start with SHARE of the
+    known items searched anyway, and the evaluation plays that start on demand as a `start` row."""
+    models = evaluate_models(params)
+    start = {"name": "start", "path": f"{param_value(params, 'train.output_dir')}/cold_start/model",
+             "modes": ["on_demand"]}
+    return {"train.model": param_value(params, "bootstrap.base_model"), "train.cold_start": True,
+            "train.cold_start_overrides": {"over_search": share},
+            "evaluate.models": [m for m in models if m["name"] != "trained"] + [start] +
+                               [m for m in models if m["name"] == "trained"]}
+
+
+def run_commands(runs: list[str], params: dict, extra: dict, stamp: str) -> list[tuple[str, list[str]]]:
     """(run, dvc command) per run: every key any run changes, at the run's value or the workspace's; experiments are
-    named claim-<run>-<stamp> (a name is unique per baseline commit, so a re-run needs a new one)."""
+    named claim-<run>-<stamp> (a name is unique per baseline commit, so a re-run needs a new one). A mapping value
+    is forced in (`++key=`: params.yaml's empty mapping has none of its keys)."""
     keys = sorted({k for r in runs for k in RUNS[r]})
     out = []
     for r in runs:
         values = {k: RUNS[r].get(k, param_value(params, k)) for k in keys}
         values.update(extra)
-        sets = [a for k, v in values.items() for a in ("-S", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+        sets = [a for k, v in values.items()
+                for a in ("-S", f"{'++' if isinstance(v, dict) else ''}{k}={hydra_value(v)}")]
         out.append((r, ["dvc", "exp", "run", "-n", f"claim-{r}-{stamp}", *sets]))
     return out
 
@@ -135,12 +178,15 @@ def table(out: Path, runs: list[str]) -> str:
         rag_sr, _ = rag_figure(m, "search_ratio")
         over, _ = figure(m, "trained", "on_demand", "over_search_rate")
         base_over, _ = figure(m, "base", "on_demand", "over_search_rate")
+        start_over, _ = figure(m, "start", "on_demand", "over_search_rate")
+        start_sr, _ = figure(m, "start", "on_demand", "search_ratio")
+        start = f" (start: {fmt(start_over)}, SR {fmt(start_sr)})" if start_sr is not None else ""
         prod, _ = figure(m, "trained", "on_demand", "tool_productivity")
         n, _ = figure(m, "trained", "on_demand", "n_items")
         cut = f"{(1 - sr / rag_sr) * 100:.0f}%" if sr is not None and rag_sr else "–"
         gap = f"{(acc - rag_acc) * 100:+.1f}" if acc is not None and rag_acc is not None else "–"
         rows.append(f"| {r} | {n} | {fmt(acc, acc_ci)} | {fmt(sr, sr_ci)} | {fmt(rag_acc, rag_ci)} | {cut} | {gap} | "
-                    f"{fmt(over)} / {fmt(base_over)} | {fmt(prod, pct=False)} | {moves(out, r)} |")
+                    f"{fmt(over)} / {fmt(base_over)}{start} | {fmt(prod, pct=False)} | {moves(out, r)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -150,8 +196,7 @@ def sampled_params(params: dict, samples: int, out_dir: str, parts_dir: str) -> 
     that flipped."""
     out = json.loads(json.dumps(params))
     e = out["evaluate"]
-    e["models"] = [dict(m, modes=["on_demand"]) for m in e.get("models") or
-                   [{"name": "base", "path": "data/bootstrap/model"}, {"name": "trained", "path": "data/train/model"}]]
+    e["models"] = [dict(m, modes=["on_demand"]) for m in evaluate_models(params)]
     e["modes"] = ["on_demand"]
     e["samples"] = samples
     e["sampling"] = dict(e.get("sampling") or {}, temperature=1.0)
@@ -172,6 +217,10 @@ def sampled_table(out: Path, runs: list[str]) -> str:
             cells += [fmt(*figure(m, "trained", "on_demand", key)), fmt(figure(m, "base", "on_demand", key)[0])]
         n, _ = figure(m, "trained", "on_demand", "n_rollouts")
         rows.append(f"| {r} | {n} | " + " | ".join(cells) + " |")
+        if "start" in m:  # the over-searching start (--start-over-search), in the base columns' place
+            cells = [c for key in ("accuracy", "search_ratio", "over_search_rate", "under_search_rate")
+                     for c in (fmt(*figure(m, "start", "on_demand", key)), "")]
+            rows.append(f"| {r}: its start | {figure(m, 'start', 'on_demand', 'n_rollouts')[0]} | " + " | ".join(cells) + " |")
     if not rows:
         return ""
     head = ["", "Sampled on-demand policy (temperature 1, `--sampled` rollouts per item; trained, then base):", "",
@@ -267,6 +316,10 @@ def main() -> None:
                     help="after each run, also play base and trained on demand with K rollouts per item at temperature "
                     "1 (<out>/<run>/sampled/: the sampled policy GRPO trains moves before greedy decisions flip; "
                     "about 2 minutes per model and K=4 on 2 CPU cores); 0 = off")
+    ap.add_argument("--start-over-search", type=float, default=0.0, metavar="SHARE",
+                    help="start GRPO from a cold start of the base model that searches SHARE of what it knows (1.0: "
+                    "always) instead of from the labeler; made once, reused by every run, evaluated as a `start` "
+                    "row; 0 = the labeler (default)")
     ap.add_argument("--gc", action="store_true",
                     help="after the runs, drop their models and checkpoints from the DVC cache (`dvc gc --workspace "
                     "--all-commits --force`: keeps the workspace's and every commit's outputs, frees about 8 GB per "
@@ -284,6 +337,10 @@ def main() -> None:
             raise SystemExit(f"--set {s!r}: use KEY=VALUE, e.g. train.max_steps=12")
         extra[key.strip()] = value.strip()
     params = yaml.safe_load(Path(args.params).read_text())
+    if args.start_over_search:
+        if not 0 < args.start_over_search <= 1:
+            raise SystemExit(f"--start-over-search {args.start_over_search}: give a share in (0, 1]")
+        extra = {**start_overrides(params, args.start_over_search), **extra}
     for key in extra:
         param_value(params, key)  # a misspelt key stops here, before any run
     out = Path(args.out)

@@ -16,6 +16,9 @@ probe renders them):
   mixed  image search, then a text search about the entity the results name, then answer (tools)
 so the labeler learns the behaviour the label rule tests: answer what it knows, search for what it does not, and use
 the cheapest search that suffices. A demonstration whose search did not bring the answer is left out (counted).
+`over_search` (0 for the labeler) makes a seeded share of the known items search anyway under `tools` (a text search
+for the fact, then the answer): a policy start that searches what it knows, as an agent trained only to use its tools
+does, so that GRPO's search penalty has something to remove (the claim experiment; the labels stay the labeler's).
 
 The supervised cold start on these demonstrations is `trainer/sft.py`; `trainer/cold_start.py` puts the two together
 for the bootstrap stage and the train stage's optional cold start. Reads the model folder and the search tools
@@ -28,6 +31,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from pipeline.images import image_bytes
+from pipeline.rollout.engines import derive_seed
 from pipeline.rollout.protocols import IMAGE_SEARCH, TEXT_SEARCH
 
 # What a text search asks about the entity, per demo-world question kind; other kinds ask the question's key words.
@@ -127,9 +131,11 @@ def _result_text(result: Any) -> str:
 def build_demonstrations(items: Sequence[Mapping[str, Any]], protocol: Any, tools: Any, known: Mapping[str, bool],
                          with_image: bool, see_image_results: bool | None = None,
                          conditions: Sequence[str] = ("closed_book", "image_only", "text_only", "tools"),
-                         search_k: int | None = None) -> tuple[list[dict], dict]:
+                         search_k: int | None = None, over_search: float = 0.0,
+                         seed: int = 0) -> tuple[list[dict], dict]:
     """Demonstrations (dicts: item_id, condition, kind, messages) and counts by `<condition>/<need>` (plus
-    `skipped/<why>`); see the module docstring. The tag protocol's text is written here (mmsearch_r1)."""
+    `skipped/<why>`, and `tools/none_searched` for the known items that search anyway, `over_search`); see the
+    module docstring. The tag protocol's text is written here (mmsearch_r1)."""
     if protocol.name != "mmsearch_r1":
         raise ValueError("demonstrations are written in the mmsearch_r1 tag format; use protocol mmsearch_r1")
     see_image_results = with_image if see_image_results is None else see_image_results
@@ -156,7 +162,14 @@ def build_demonstrations(items: Sequence[Mapping[str, Any]], protocol: Any, tool
         entity = str(it.get("entity") or "")
         if needs[it["id"]] == "text" or (it["id"] in img and _mentions(_titles(img[it["id"]]), [entity])):
             entity_of[it["id"]] = entity
-    want_txt = [it for it in items if needs[it["id"]] in ("text", "mixed") and it["id"] in entity_of]
+    # the known items that search anyway under tools: a seeded share, by item id (stable when items are added)
+    over = {it["id"] for it in items if needs[it["id"]] == "none" and "tools" in conditions and it.get("entity")
+            and derive_seed(seed, "over_search", it["id"]) < over_search * 2 ** 31}
+    for it in items:
+        if it["id"] in over:
+            entity_of[it["id"]] = str(it["entity"])
+    want_txt = [it for it in items if (needs[it["id"]] in ("text", "mixed") or it["id"] in over)
+                and it["id"] in entity_of]
     txt = dict(zip([it["id"] for it in want_txt], tools.run_many(
         [(TEXT_SEARCH, _fact_query(it, entity_of[it["id"]]), _meta(it)) for it in want_txt], k=search_k))) \
         if want_txt else {}
@@ -166,6 +179,20 @@ def build_demonstrations(items: Sequence[Mapping[str, Any]], protocol: Any, tool
         golds = [it["answer"], *(it.get("aliases") or [])]
         msgs = protocol.initial_messages(it, condition, with_image=with_image)
         n_turn, seen = 1, ""
+        searched_known = need == "none" and condition == "tools" and iid in over
+        if searched_known:
+            quote = _quote(_result_text(txt[iid]), golds) if iid in txt else ""
+            if quote:
+                msgs.append(turn("I check this with a search.", f"<text_search>{_fact_query(it, entity_of[iid])}"
+                                                                 f"</text_search>"))
+                msgs.append(protocol.tool_result_message(txt[iid], it["question"], n_turn,
+                                                         n_turn + 1 >= protocol.limits.max_turns,
+                                                         with_images=see_image_results, condition=condition))
+                demos.append({"item_id": iid, "condition": condition, "kind": need,
+                              "messages": msgs + [turn(f"The results say: {quote}", answer_tag(it["answer"]))]})
+                count("tools/none_searched")
+                continue
+            count("skipped/over_search_missed")  # the search did not bring the answer: answered directly
         if need in ("image", "mixed"):
             if iid not in img or iid not in entity_of:  # the image search did not name the entity
                 count("skipped/image_search_missed")

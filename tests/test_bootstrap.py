@@ -176,3 +176,67 @@ def test_select_trainable_finds_a_vlm_decoder_and_refuses_a_model_without_one():
     assert len(select_trainable(Qwen2_5_VLForConditionalGeneration(cfg), 0)) == len(list(vlm.parameters()))
     with pytest.raises(ValueError, match="train_layers=2.*no decoder layers"):
         select_trainable(torch.nn.Sequential(torch.nn.Linear(4, 4)), 2)
+
+
+def test_over_search_makes_known_items_search_under_tools_only(world):
+    """The over-searching policy start: a seeded share of the known items searches under `tools` (and only there);
+    0 is the labeler's demonstrations unchanged."""
+    from pipeline.bootstrap import build_demonstrations
+    from pipeline.rollout.protocols import get_protocol
+
+    proto = get_protocol("mmsearch_r1")
+    tools = _tools(world)()
+    known = {it["id"]: True for it in world.items}
+    searched = lambda demos: {(d["item_id"], d["condition"]) for d in demos  # noqa: E731
+                              if any("<text_search>" in m["content"] for m in d["messages"] if m["role"] == "assistant")}
+    plain, plain_counts = build_demonstrations(world.items, proto, tools, known, with_image=False)
+    assert not searched(plain) and "tools/none_searched" not in plain_counts
+    every, counts = build_demonstrations(world.items, proto, tools, known, with_image=False, over_search=1.0)
+    assert searched(every) == {(it["id"], "tools") for it in world.items} and counts["tools/none_searched"] == 8
+    assert len(every) == len(plain)  # the same demonstrations, the tools ones searching first
+    for d in every:
+        if d["condition"] == "tools":  # the search brought the fact, which the answer then quotes
+            item = next(it for it in world.items if it["id"] == d["item_id"])
+            assert d["messages"][-1]["content"].endswith(f"<answer> {item['answer']}</answer>")
+            assert "The results say:" in d["messages"][-1]["content"] and d["messages"][-2]["role"] != "assistant"
+    half, _ = build_demonstrations(world.items, proto, tools, known, with_image=False, over_search=0.5)
+    again, _ = build_demonstrations(world.items, proto, tools, known, with_image=False, over_search=0.5)
+    assert searched(half) == searched(again) and 0 < len(searched(half)) < 8 and searched(half) < searched(every)
+    other_seed, _ = build_demonstrations(world.items, proto, tools, known, with_image=False, over_search=0.5, seed=1)
+    assert searched(other_seed) != searched(half)
+
+
+def test_train_cold_start_overrides_are_checked_and_a_finished_cold_start_is_reused(world, tiny_text_model_path,
+                                                                                     tmp_path):
+    from pipeline.config import ParamsError
+    from trainer.config import TrainParams
+
+    with pytest.raises(ParamsError, match="set cold_start to true"):
+        build(TrainParams, {"cold_start_overrides": {"over_search": 1.0}})
+    typo = build(TrainParams, {"cold_start": True, "cold_start_overrides": {"over_serch": 1.0}})
+    with pytest.raises(ValueError, match="did you mean 'train.cold_start_overrides.over_search'"):
+        cold_start_policy(typo, BootstrapParams(), lambda: pytest.fail("checked before any work"))
+    boot = build(BootstrapParams, {"items": str(world.train_file), "holdout": 0.0,
+                                   "cold_start": {"steps": 1, "batch_tokens": 512, "train_layers": 0}})
+    train = build(TrainParams, {"model": str(tiny_text_model_path), "output_dir": str(tmp_path), "search_k": 2,
+                                "cold_start": True, "cold_start_overrides": {"over_search": 1.0, "cold_start": {"steps": 2}}})
+    calls = []
+
+    def tools():
+        calls.append(1)
+        return _tools(world)()
+
+    model = cold_start_policy(train, boot, tools, log=None)
+    metrics = json.loads((tmp_path / "cold_start" / "metrics.json").read_text())
+    assert "tools/none_searched" not in metrics["demonstrations"]  # the flags' items need image search: none known
+    # the override merged into the bootstrap section: steps from it, batch_tokens kept from the section
+    assert metrics["cold_start"]["steps"] == 2 and len(calls) == 1
+    key = json.loads((tmp_path / "cold_start" / "key.json").read_text())
+    assert key["settings"]["over_search"] == 1.0 and key["settings"]["cold_start"]["batch_tokens"] == 512
+    assert cold_start_policy(train, boot, tools, log=None) == model and len(calls) == 1  # reused: no work
+    other = build(TrainParams, {**{"model": str(tiny_text_model_path), "output_dir": str(tmp_path), "search_k": 2,
+                                   "cold_start": True},
+                                "cold_start_overrides": {"over_search": 0.5, "cold_start": {"steps": 2}}})
+    cold_start_policy(other, boot, tools, log=None)
+    assert len(calls) == 2 and json.loads((tmp_path / "cold_start" / "key.json").read_text())["settings"][
+        "over_search"] == 0.5

