@@ -28,12 +28,13 @@ between search-required and search_free) and
 policy sampled (K rollouts per item at temperature 1, base and trained, on demand) into <out>/<run>/sampled/, and the
 table gets a second part with those figures.
 
-`--start-over-search SHARE` starts GRPO not from the labeler but from a policy that searches what it knows: the
-labeler's own cold start on the base model (bootstrap.base_model) with `over_search: SHARE` of the known items searched
-anyway under tools (train.cold_start with train.cold_start_overrides; made once, under data/train/cold_start, and reused
-by every run). The labels stay the labeler's, and the knowledge is the same base model's; only the search habit
-differs, as in the paper, whose base model is not trained to answer what it knows. The evaluation gets a `start` row
-(on demand), and the table shows its search ratio and over-search next to the trained policy's.
+`--start-over-search SHARE` starts GRPO not from the labeler but from a policy that searches what it knows: a cold
+start with `over_search: SHARE` of the known items searched anyway under tools (train.cold_start with
+train.cold_start_overrides; made once, under data/train/cold_start, and reused by every run). `--start-from labeler`
+(default) gives the labeler a short cold start on its own demonstrations, so its knowledge stays the one the labels
+measured and only the search habit changes; `--start-from base` runs the whole cold start on the base model. The
+labels stay the labeler's. The evaluation gets a `start` row (on demand), and the table shows its search ratio and
+over-search next to the trained policy's.
 """
 from __future__ import annotations
 
@@ -106,16 +107,26 @@ def hydra_value(v) -> str:
     return json.dumps(v)
 
 
-def start_overrides(params: dict, share: float) -> dict:
-    """The overrides of `--start-over-search SHARE`: GRPO starts from the base model's cold start with SHARE of the
-    known items searched anyway, and the evaluation plays that start on demand as a `start` row."""
-    models = evaluate_models(params)
+START_STEPS = 20  # --start-from labeler: SFT steps that add the search habit to a labeler that knows its demonstrations
+
+
+def start_overrides(params: dict, share: float, start_from: str = "labeler") -> dict:
+    """The overrides of `--start-over-search SHARE`: GRPO starts from a cold start with SHARE of the known items
+    searched anyway, and the evaluation plays that start on demand as a `start` row. `start_from` labeler: a short
+    cold start (START_STEPS) of the labeler on its own demonstrations, so only the search habit changes; base: the
+    bootstrap's whole cold start of the base model (bootstrap.base_model), a second labeler with its own calibration
+    of what it knows."""
+    models = [m for m in evaluate_models(params) if m["name"] != "start"]
     start = {"name": "start", "path": f"{param_value(params, 'train.output_dir')}/cold_start/model",
              "modes": ["on_demand"]}
-    return {"train.model": param_value(params, "bootstrap.base_model"), "train.cold_start": True,
-            "train.cold_start_overrides": {"over_search": share},
-            "evaluate.models": [m for m in models if m["name"] != "trained"] + [start] +
-                               [m for m in models if m["name"] == "trained"]}
+    out = {"train.cold_start": True, "train.cold_start_overrides": {"over_search": share},
+           "evaluate.models": [m for m in models if m["name"] != "trained"] + [start] +
+                              [m for m in models if m["name"] == "trained"]}
+    if start_from == "base":
+        out["train.model"] = param_value(params, "bootstrap.base_model")
+    else:
+        out["train.cold_start_overrides"]["cold_start"] = {"steps": START_STEPS}
+    return out
 
 
 def run_commands(runs: list[str], params: dict, extra: dict, stamp: str) -> list[tuple[str, list[str]]]:
@@ -320,6 +331,10 @@ def main() -> None:
                     help="start GRPO from a cold start of the base model that searches SHARE of what it knows (1.0: "
                     "always) instead of from the labeler; made once, reused by every run, evaluated as a `start` "
                     "row; 0 = the labeler (default)")
+    ap.add_argument("--start-from", choices=["labeler", "base"], default="labeler",
+                    help="with --start-over-search: labeler (train.model, the bootstrapped labeler, taught the search "
+                    f"habit in {START_STEPS} SFT steps on its own demonstrations: its knowledge stays the labels') or "
+                    "base (the whole cold start of bootstrap.base_model: a second labeler)")
     ap.add_argument("--gc", action="store_true",
                     help="after the runs, drop their models and checkpoints from the DVC cache (`dvc gc --workspace "
                     "--all-commits --force`: keeps the workspace's and every commit's outputs, frees about 8 GB per "
@@ -340,7 +355,7 @@ def main() -> None:
     if args.start_over_search:
         if not 0 < args.start_over_search <= 1:
             raise SystemExit(f"--start-over-search {args.start_over_search}: give a share in (0, 1]")
-        extra = {**start_overrides(params, args.start_over_search), **extra}
+        extra = {**start_overrides(params, args.start_over_search, args.start_from), **extra}
     for key in extra:
         param_value(params, key)  # a misspelt key stops here, before any run
     out = Path(args.out)

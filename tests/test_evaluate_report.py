@@ -176,11 +176,15 @@ def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_
     claim = claim_module()
     root = Path(__file__).resolve().parents[1]
     params = yaml.safe_load((root / "params.yaml").read_text())
+    base = claim.start_overrides(params, 0.5, "base")
+    assert base["train.model"] == params["bootstrap"]["base_model"] and base["train.cold_start_overrides"] == \
+        {"over_search": 0.5}
     extra = claim.start_overrides(params, 0.75)
     (name, cmd), = claim.run_commands(["no_penalty"], params, extra, "t")
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
-    assert "++train.cold_start_overrides={over_search: 0.75}" in sets and "train.cold_start=true" in sets
-    assert f"train.model={params['bootstrap']['base_model']}" in sets and "train.search_penalty=0.0" in sets
+    assert f"++train.cold_start_overrides={{over_search: 0.75, cold_start: {{steps: {claim.START_STEPS}}}}}" in sets
+    assert "train.cold_start=true" in sets and "train.search_penalty=0.0" in sets
+    assert not any(s.startswith("train.model=") for s in sets)  # the labeler, params.yaml's train.model
     models = next(s for s in sets if s.startswith("evaluate.models="))
     assert yaml.safe_load(models.split("=", 1)[1])[1] == {"name": "start", "path": "data/train/cold_start/model",
                                                            "modes": ["on_demand"]}
@@ -192,7 +196,8 @@ def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_
         node[path[-1]] = value
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     train = load_section(TrainParams, "train", tmp_path / "p.yaml")
-    assert train.cold_start and train.cold_start_overrides == {"over_search": 0.75}
+    assert train.cold_start and train.cold_start_overrides["over_search"] == 0.75
+    assert claim.start_overrides(params, 0.75)["evaluate.models"] == extra["evaluate.models"]  # one start row
     ev = load_section(EvaluateParams, "evaluate", tmp_path / "p.yaml")
     assert [m.name for m in ev.models] == ["base", "start", "trained"]
     assert [m.name for m in load_section(EvaluateParams, "evaluate", tmp_path / "p.yaml").models] == \
