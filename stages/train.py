@@ -32,9 +32,21 @@ Params = TrainParams
 SECTION = "train"
 
 
+def cold_start_tools(params: TrainParams, search):
+    """The cold start's search tools: new searches go to a copy under <output_dir>/cold_start_search (the shared
+    cache is a dependency of this stage and the later ones, so it is only read)."""
+    import dataclasses
+
+    from pipeline.search import SearchTools
+    from pipeline.search.cache import private_copy
+
+    search = dataclasses.replace(search, cache=dataclasses.replace(search.cache, mode=params.cache_mode))
+    return SearchTools.from_params(private_copy(search, Path(params.output_dir) / "cold_start_search"))
+
+
 def run(params: TrainParams, args: argparse.Namespace) -> int:
     from pipeline.config import load_section
-    from pipeline.search import SearchParams, SearchTools
+    from pipeline.search import SearchParams
     from trainer.cold_start import BootstrapParams, cold_start_policy
     from trainer.grpo import train
 
@@ -43,7 +55,7 @@ def run(params: TrainParams, args: argparse.Namespace) -> int:
     if params.cold_start:
         try:
             boot = load_section(BootstrapParams, "bootstrap", args.params)
-            model_path = cold_start_policy(params, boot, lambda: SearchTools.from_params(search))
+            model_path = cold_start_policy(params, boot, lambda: cold_start_tools(params, search))
         except ValueError as exc:
             print(f"error: train.cold_start: {exc}", file=sys.stderr)
             return 2

@@ -240,3 +240,19 @@ def test_train_cold_start_overrides_are_checked_and_a_finished_cold_start_is_reu
     cold_start_policy(other, boot, tools, log=None)
     assert len(calls) == 2 and json.loads((tmp_path / "cold_start" / "key.json").read_text())["settings"][
         "over_search"] == 0.5
+
+
+def test_train_cold_start_searches_through_a_copy_of_the_shared_cache(world, monkeypatch, tmp_path):
+    """The shared search cache is a dependency of the train stage and the ones after it: the cold start's new
+    searches (the over-searching demonstrations' text searches) go to a copy under the output folder."""
+    from pipeline.rollout.protocols import TEXT_SEARCH
+    from stages.train import cold_start_tools
+    from trainer.config import TrainParams
+
+    monkeypatch.chdir(world.root)
+    shared = world.root / "data" / "cache" / "search" / "cache.sqlite"
+    before = shared.read_bytes()
+    tools = cold_start_tools(build(TrainParams, {"output_dir": str(tmp_path / "train")}), world.search)
+    tools.run_many([(TEXT_SEARCH, "a query nobody made before", {})], k=2)
+    assert tools.metrics()["misses"] == 1 and shared.read_bytes() == before
+    assert (tmp_path / "train" / "cold_start_search" / "search_cache.sqlite").stat().st_size > 0
