@@ -165,6 +165,15 @@ def moves(out: Path, run: str) -> str:
     return f"{m['required_to_search_free']} / {m['search_free_to_required']} of {m['items']}"
 
 
+def minutes(out: Path, run: str) -> str:
+    """The run's `dvc exp run` wall time (+ the sampled evaluation's), from <out>/<run>/timing.json."""
+    path = out / run / "timing.json"
+    if not path.is_file():
+        return "–"
+    t = json.loads(path.read_text())
+    return f"{t['run_minutes']}" + (f" + {t['sampled_minutes']}" if "sampled_minutes" in t else "")
+
+
 def fmt(value, ci=None, pct=True) -> str:
     if value is None:
         return "–"
@@ -175,12 +184,12 @@ def fmt(value, ci=None, pct=True) -> str:
 
 def table(out: Path, runs: list[str]) -> str:
     rows = ["| Run | n | On-demand Acc | On-demand SR | RAG Acc | SR cut vs RAG | Acc vs RAG (pts) | Over-search "
-            "(trained / base) | Tool productivity | Re-probe: req.->free / free->req. |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "(trained / base) | Tool productivity | Re-probe: req.->free / free->req. | Minutes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         path = out / r / "metrics.json"
         if not path.is_file():
-            rows.append(f"| {r} | – | (not run) | | | | | | | |")
+            rows.append(f"| {r} | – | (not run) | | | | | | | | |")
             continue
         m = json.loads(path.read_text())
         acc, acc_ci = figure(m, "trained", "on_demand", "accuracy")
@@ -197,7 +206,8 @@ def table(out: Path, runs: list[str]) -> str:
         cut = f"{(1 - sr / rag_sr) * 100:.0f}%" if sr is not None and rag_sr else "–"
         gap = f"{(acc - rag_acc) * 100:+.1f}" if acc is not None and rag_acc is not None else "–"
         rows.append(f"| {r} | {n} | {fmt(acc, acc_ci)} | {fmt(sr, sr_ci)} | {fmt(rag_acc, rag_ci)} | {cut} | {gap} | "
-                    f"{fmt(over)} / {fmt(base_over)}{start} | {fmt(prod, pct=False)} | {moves(out, r)} |")
+                    f"{fmt(over)} / {fmt(base_over)}{start} | {fmt(prod, pct=False)} | {moves(out, r)} | "
+                    f"{minutes(out, r)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -366,6 +376,7 @@ def main() -> None:
             if args.dry:
                 continue
             before = {f: f.read_text() for f in (Path(args.params), Path("dvc.lock"))}
+            started = time.time()
             done = subprocess.run(cmd)
             if done.returncode:
                 restore_workspace(before)
@@ -374,8 +385,12 @@ def main() -> None:
             (out / name).mkdir(parents=True, exist_ok=True)
             for src, dst in COPIED.items():
                 shutil.copy(src, out / name / dst)
+            timing = {"run_minutes": round((time.time() - started) / 60, 1)}
             if args.sampled:
+                started = time.time()
                 run_sampled(yaml.safe_load(Path(args.params).read_text()), args.sampled, out / name / "sampled")
+                timing["sampled_minutes"] = round((time.time() - started) / 60, 1)
+            (out / name / "timing.json").write_text(json.dumps(timing))
     if args.dry:
         return
     text = table(out, runs) + sampled_table(out, runs)

@@ -128,9 +128,10 @@ def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
     (tmp_path / "baseline" / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "baseline" / "reprobe.json").write_text(json.dumps(
         {"required_to_search_free": 3, "search_free_to_required": 1, "items": 10}))
+    (tmp_path / "baseline" / "timing.json").write_text(json.dumps({"run_minutes": 14.5, "sampled_minutes": 3.0}))
     text = claim.table(tmp_path, ["no_penalty", "baseline"])
     row = next(line for line in text.splitlines() if line.startswith("| baseline"))
-    assert row == "| baseline | 10 | 65.0 | 60.0 | 60.0 | 40% | +5.0 | 25.0 / 50.0 | 1.50 | 3 / 1 of 10 |"
+    assert row == "| baseline | 10 | 65.0 | 60.0 | 60.0 | 40% | +5.0 | 25.0 / 50.0 | 1.50 | 3 / 1 of 10 | 14.5 + 3.0 |"
     assert "| no_penalty | – | (not run) |" in text
 
 
