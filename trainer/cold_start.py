@@ -284,20 +284,11 @@ def cold_start_policy(train_params: Any, boot: BootstrapParams, make_tools: Call
 
 
 def cold_start_key(boot: BootstrapParams) -> dict:
-    """What decides a cold start's result: its settings and the content of its input files (items, facts, the base
-    model when it is a local folder: its config and weights' names and sizes)."""
-    import hashlib
-
+    """What decides a cold start's result: its settings and the content of its inputs (items, facts, the base model
+    when it is a local folder; `pipeline.runs.path_digest`)."""
     from pipeline.config import to_dict
+    from pipeline.runs import path_digest
 
-    def digest(path: str) -> str:
-        p = Path(path)
-        if p.is_file():
-            return hashlib.sha256(p.read_bytes()).hexdigest()
-        if p.is_dir():
-            return hashlib.sha256(json.dumps(sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*")
-                                                    if f.is_file())).encode()).hexdigest()
-        return path
     settings = {k: v for k, v in to_dict(boot).items() if k not in ("out_dir", "check_engine")}
-    return {"settings": settings, "items": digest(boot.items), "facts": digest(boot.facts) if boot.facts else "",
-            "base_model": digest(boot.base_model)}
+    return {"settings": settings, "items": path_digest(boot.items),
+            "facts": path_digest(boot.facts) if boot.facts else "", "base_model": path_digest(boot.base_model)}
