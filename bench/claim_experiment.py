@@ -311,12 +311,31 @@ def plot(out: Path, runs: list[str]) -> Path | None:
     return out / "curves.png"
 
 
-def restore_workspace(before: dict[Path, str]) -> None:
+def uncached_outputs() -> list[Path]:
+    """The stage outputs DVC leaves to git (`cache: false`: metrics, plots, reports); a directory as its files."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        paths = [Path(o.def_path) for s in repo.index.stages for o in s.outs if not o.use_cache]
+    return [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
+
+
+def snapshot_workspace(params: Path) -> dict[Path, bytes | None]:
+    """What restore_workspace puts back: params, dvc.lock and the uncached outputs (None: the file was absent)."""
+    return {f: f.read_bytes() if f.is_file() else None for f in [params, Path("dvc.lock"), *uncached_outputs()]}
+
+
+def restore_workspace(before: dict[Path, bytes | None]) -> None:
     """After a failed `dvc exp run`: its -S overrides stay in params.yaml, dvc.lock holds the stages that ran before
-    the failure, and the failed stage's outputs are gone. Put params.yaml and dvc.lock back and check their outputs
-    out again (from the DVC cache: no stage re-runs)."""
-    for path, text in before.items():
-        path.write_text(text)
+    the failure, the failed stage's outputs are gone and its uncached ones (metrics, plots) half written. Put back
+    the files of `before` (snapshot_workspace), byte for byte (git's stat cache can call a rewritten file clean), and
+    check the cached outputs out again (from the DVC cache: no stage re-runs)."""
+    for path, data in before.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
     subprocess.run(["dvc", "checkout", "--force"], check=False)
 
 
@@ -338,8 +357,8 @@ def main() -> None:
                     "1 (<out>/<run>/sampled/: the sampled policy GRPO trains moves before greedy decisions flip; "
                     "about 2 minutes per model and K=4 on 2 CPU cores); 0 = off")
     ap.add_argument("--start-over-search", type=float, default=0.0, metavar="SHARE",
-                    help="start GRPO from a cold start of the base model that searches SHARE of what it knows (1.0: "
-                    "always) instead of from the labeler; made once, reused by every run, evaluated as a `start` "
+                    help="start GRPO from a cold start that searches SHARE of what it knows (1.0: always; "
+                    "--start-from says of which model) instead of from the labeler as it is; made once, reused by every run, evaluated as a `start` "
                     "row; 0 = the labeler (default)")
     ap.add_argument("--start-from", choices=["labeler", "base"], default="labeler",
                     help="with --start-over-search: labeler (train.model, the bootstrapped labeler, taught the search "
@@ -375,7 +394,7 @@ def main() -> None:
             print("$ " + " ".join(cmd), flush=True)
             if args.dry:
                 continue
-            before = {f: f.read_text() for f in (Path(args.params), Path("dvc.lock"))}
+            before = snapshot_workspace(Path(args.params))
             started = time.time()
             done = subprocess.run(cmd)
             if done.returncode:

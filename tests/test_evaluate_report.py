@@ -214,9 +214,10 @@ def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_
 
 
 def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
-    """A failed `dvc exp run` leaves its -S override in params.yaml, a dvc.lock with the stages that ran and a
-    failed stage's outputs deleted; restore_workspace puts params.yaml and dvc.lock back and checks the committed
-    outputs out of the DVC cache (a real DVC repository; no stage re-runs)."""
+    """A failed `dvc exp run` leaves its -S override in params.yaml, a dvc.lock with the stages that ran, a failed
+    stage's cached outputs deleted and its uncached ones (metrics, in git) rewritten; restore_workspace puts params,
+    lock and uncached outputs back byte for byte and checks the cached outputs out of the DVC cache (a real DVC
+    repository; no stage re-runs)."""
     import subprocess
 
     claim = claim_module()
@@ -225,18 +226,21 @@ def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
     run("git", "init", "-q")
     run("dvc", "init", "-q")
     Path("params.yaml").write_text("n: 1\n")
-    Path("dvc.yaml").write_text("stages:\n  make:\n    cmd: python -c \"import yaml; "
-                                "open('out.txt','w').write(str(yaml.safe_load(open('params.yaml'))['n']))\"\n"
-                                "    params: [n]\n    outs: [out.txt]\n")
+    Path("dvc.yaml").write_text("stages:\n  make:\n    cmd: python -c \"import yaml; n = yaml.safe_load(open("
+                                "'params.yaml'))['n']; open('out.txt','w').write(str(n)); "
+                                "open('m.json','w').write(str(n))\"\n"
+                                "    params: [n]\n    outs: [out.txt]\n    metrics: [{m.json: {cache: false}}]\n")
     run("dvc", "repro", "-q")
-    before = {Path("params.yaml"): Path("params.yaml").read_text(), Path("dvc.lock"): Path("dvc.lock").read_text()}
-    # what a failed run leaves: the override, a lock of another run, the output gone
+    before = claim.snapshot_workspace(Path("params.yaml"))
+    assert set(before) == {Path("params.yaml"), Path("dvc.lock"), Path("m.json")}
+    # what a failed run leaves: the override, a lock of another run, the output gone, the metrics rewritten
     Path("params.yaml").write_text("n: 2\n")
-    Path("dvc.lock").write_text(before[Path("dvc.lock")].replace("n: 1", "n: 2"))
+    Path("dvc.lock").write_text(before[Path("dvc.lock")].decode().replace("n: 1", "n: 2"))
     Path("out.txt").unlink()
+    Path("m.json").write_text("2")
     claim.restore_workspace(before)
     assert Path("params.yaml").read_text() == "n: 1\n"
-    assert Path("out.txt").read_text() == "1"
+    assert Path("out.txt").read_text() == "1" and Path("m.json").read_text() == "1"
     assert "up to date" in run("dvc", "status").stdout
 
 
