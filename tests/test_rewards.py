@@ -276,6 +276,20 @@ def test_efficiency_gdpo_components_sum_to_eq1(tag):
     assert sum(w * v for w, v in zip(weights, (acc[2], fmt[2], eff[2]))) == pytest.approx(0.829)
 
 
+def test_efficiency_weight_sets_the_component_weight_and_is_checked(tag):
+    """efficiency_weight replaces (1 - a) p for the efficiency component only; at or above accuracy's weight a searched
+    right answer would score no better than a wrong direct one under gdpo, so it is refused with the bound named."""
+    _, weights, _, _ = _components(tag, [C0, C1, C2, W0], ["a"] * 4, efficiency="gdpo", efficiency_weight=0.45)
+    assert weights == pytest.approx([0.9, 0.1, 0.45])
+    _, weights, _, _ = _components(tag, [C0, C1, C2, W0], ["a"] * 4, efficiency="among_correct", efficiency_weight=0.0)
+    assert weights == pytest.approx([0.9, 0.1, 0.0])
+    for bad in (0.9, -0.1):
+        with pytest.raises(ValueError, match=r"efficiency_weight must be in \[0, 1 - format_weight = 0.9\)"):
+            RewardParams(efficiency="gdpo", efficiency_weight=bad).validate()
+    with pytest.raises(ValueError, match="efficiency_weight weighs the efficiency component"):
+        RewardParams(efficiency_weight=0.3).validate()                   # paper: nothing to weigh
+
+
 def test_efficiency_among_correct_on_groups(tag):
     # group a: three correct (costs 0, 1, 1; mean 2/3) and one wrong; b: no correct; c: a single correct rollout
     batch = [C0, C1, C2, W1, W0, W1, W0, W1, W0, C1, W1, W0]

@@ -16,7 +16,7 @@ assistant message, the parsed messages are rendered back (`protocol.turn_text`).
 The efficiency term is a switch, `efficiency` (see `EFFICIENCY`): `paper` is Eq. 1 above as one reward function;
 `gdpo` and `among_correct` replace the `paper` entry of `reward_functions` by three components, each its own TRL reward
 function (logged by TRL as rewards/<name>/mean): accuracy_reward (acc), format_reward (format) and efficiency_reward,
-weighted (1 - a), a and (1 - a) x search_penalty. With c = search_cost(n) (1 when the rollout searched; with
+weighted (1 - a), a and (1 - a) x search_penalty (or `efficiency_weight`). With c = search_cost(n) (1 when the rollout searched; with
 `penalty_per_call` (1 - (1 - p) ** n) / p, so that 1 - p x c = (1 - p) ** n):
   gdpo           efficiency = -acc x c for a correct answer (acc > 0.99, the scorer's rule), else 0; the weighted sum
                  is exactly Eq. 1, but TRL aggregates with multi_objective_aggregation="normalize_then_sum" (GDPO:
@@ -81,6 +81,13 @@ class RewardParams:
         "(Metis/HDPO). gdpo and among_correct replace the 'paper' entry of reward_functions by the three components "
         "(trainer/rewards.py)",
     )
+    efficiency_weight: float | None = param(
+        None, "weight of the efficiency component under efficiency gdpo or among_correct (null = (1 - a) x "
+        "search_penalty, so that the raw weighted sum is Eq. 1). Under gdpo every component is normalised to unit "
+        "variance first, so null weighs the penalty at (1 - a) p / (1 - a) = 1/10 of accuracy: a correct direct "
+        "answer among searched ones gets about a sixth of the paper's advantage (bench/RESULTS.md, round 5); a larger "
+        "weight (below accuracy's 1 - a, or the penalty outweighs being right) strengthens it",
+    )
     format_rule: Literal["paper", "limits"] = param(
         "paper",
         "the scorer's format rule (pipeline/rollout/score.py): paper = the released scorer (answer, image>answer, "
@@ -100,6 +107,14 @@ class RewardParams:
             raise ValueError(f"search_penalty must be in [0, 1], got {self.search_penalty}")
         if self.format_rule not in RULES:
             raise ValueError(f"format_rule must be one of {RULES}, got {self.format_rule!r}")
+        if self.efficiency_weight is not None and not 0.0 <= self.efficiency_weight < 1.0 - self.format_weight:
+            raise ValueError(f"efficiency_weight must be in [0, 1 - format_weight = {1.0 - self.format_weight:g}) (at or "
+                             f"above accuracy's weight a searched right answer scores no better than a wrong direct "
+                             f"one), or null for (1 - a) x search_penalty; got {self.efficiency_weight}")
+        if self.efficiency_weight is not None and self.efficiency == "paper":
+            raise ValueError("efficiency_weight weighs the efficiency component of efficiency gdpo or among_correct; "
+                             "with efficiency: paper the penalty is search_penalty (set efficiency, or leave "
+                             "efficiency_weight null)")
         if not self.reward_functions:
             raise ValueError("reward_functions: give at least one reward function (e.g. [paper])")
         self.judge.validate()
@@ -306,13 +321,15 @@ def _component(name: str, scorer: Scorer, log: bool) -> Callable[..., list[float
 
 def efficiency_components(params: RewardParams, protocol: Any, condition: str = "tools",
                           tokenizer: Any = None) -> tuple[list, list[float]]:
-    """(accuracy, format, efficiency reward functions, their weights (1 - a, a, (1 - a) x p)) for
-    `efficiency` gdpo or among_correct; with weight 1 their weighted sum under gdpo is Eq. 1."""
+    """(accuracy, format, efficiency reward functions, their weights (1 - a, a, (1 - a) x p, or efficiency_weight
+    when set)) for `efficiency` gdpo or among_correct; with the default weights their raw weighted sum under gdpo is
+    Eq. 1."""
     scorer = Scorer(params, protocol, condition, tokenizer)
     a, p = params.format_weight, params.search_penalty
     funcs = [_component("accuracy", scorer, log=True), _component("format", scorer, log=False),
              _component("efficiency", scorer, log=False)]
-    return funcs, [1.0 - a, a, (1.0 - a) * p]
+    w = (1.0 - a) * p if params.efficiency_weight is None else params.efficiency_weight
+    return funcs, [1.0 - a, a, w]
 
 
 # name -> factory(params, protocol, condition, tokenizer) returning a TRL reward function
