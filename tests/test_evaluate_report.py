@@ -213,6 +213,34 @@ def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_
     assert "| 5.0 / 10.0 (start: 90.0, SR 95.0) |" in row
 
 
+def test_claim_profiles_pass_the_train_stages_loader(tmp_path):
+    """Every `--profile` budget, applied to params.yaml as `dvc exp run -S` would, is a valid train section (a
+    misspelt or mistyped key in a profile fails here, not an hour into an experiment)."""
+    import yaml
+
+    from pipeline.config import load_section
+    from trainer.config import TrainParams
+
+    claim = claim_module()
+    root = Path(__file__).resolve().parents[1]
+    for name, keys in claim.PROFILES.items():
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        for key, value in keys.items():
+            *path, field = key.split(".")
+            node = params
+            for part in path:
+                node = node[part]
+            node[field] = yaml.safe_load(value)
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+        train = load_section(TrainParams, "train", tmp_path / "p.yaml")
+        for key, value in keys.items():
+            got = train
+            for part in key.split(".")[1:]:
+                got = getattr(got, part)
+            assert got == yaml.safe_load(value), (name, key, got)
+    assert claim.PROFILES["cpu48"]["train.max_steps"] == "48"
+
+
 def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
     """A failed `dvc exp run` leaves its -S override in params.yaml, a dvc.lock with the stages that ran, a failed
     stage's cached outputs deleted and its uncached ones (metrics, in git) rewritten; restore_workspace puts params,
