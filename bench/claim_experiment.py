@@ -1,8 +1,8 @@
 """The paper's claim as DVC experiments: fewer searches at the same accuracy, and what each ingredient does.
 
-    python bench/claim_experiment.py [--runs baseline,no_penalty,no_balance,gdpo,among_correct] [--profile cpu|cpu48|gpu]
-                                     [--set train.max_steps=12 --set evaluate.max_items=48 ...] [--out bench/claim]
-                                     [--dry]
+    python bench/claim_experiment.py [--runs baseline,no_penalty,no_balance,gdpo,among_correct]
+                                     [--profile cpu|cpu48|gpu] [--set train.max_steps=12 --set evaluate.max_items=48 ...]
+                                     [--out bench/claim] [--dry]
 
 Runs one `dvc exp run -n claim-<run>-<time>` per run, one after the other, in this workspace (a finished `dvc repro`: only
 the train and evaluate stages re-run, plus balance for nothing). The runs (the issue's ablations, MMSearch-R1 Table 1
@@ -363,8 +363,8 @@ def main() -> None:
                     "about 2 minutes per model and K=4 on 2 CPU cores); 0 = off")
     ap.add_argument("--start-over-search", type=float, default=0.0, metavar="SHARE",
                     help="start GRPO from a cold start that searches SHARE of what it knows (1.0: always; "
-                    "--start-from says of which model) instead of from the labeler as it is; made once, reused by every run, evaluated as a `start` "
-                    "row; 0 = the labeler (default)")
+                    "--start-from says of which model) instead of from the labeler as it is; made once, reused by "
+                    "every run, evaluated as a `start` row; 0 = the labeler (default)")
     ap.add_argument("--start-from", choices=["labeler", "base"], default="labeler",
                     help="with --start-over-search: labeler (train.model, the bootstrapped labeler, taught the search "
                     f"habit in {START_STEPS} SFT steps on its own demonstrations: its knowledge stays the labels') or "

@@ -39,8 +39,8 @@ class LoraParams:
 class TrainParams(RolloutParams, RewardParams):
     """GRPO training of the search policy (the `train:` section). The reward settings (`RewardParams`:
     reward_functions, reward_weights, format_weight, search_penalty, penalty_per_call, efficiency, efficiency_weight,
-    format_rule) are fields of this section too; the rollout settings (protocol, limits, search_k, judge) come from the shared `rollout:`
-    section (`RolloutParams`), like the probe's, so training plays what the labels measured."""
+    format_rule) are fields of this section too; the rollout settings (protocol, limits, search_k, judge) come from the
+    shared `rollout:` section (`RolloutParams`), like the probe's, so training plays what the labels measured."""
 
     RENAMED: ClassVar[dict[str, str]] = {"num_generations": "samples"}
 

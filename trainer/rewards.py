@@ -16,8 +16,8 @@ assistant message, the parsed messages are rendered back (`protocol.turn_text`).
 The efficiency term is a switch, `efficiency` (see `EFFICIENCY`): `paper` is Eq. 1 above as one reward function;
 `gdpo` and `among_correct` replace the `paper` entry of `reward_functions` by three components, each its own TRL reward
 function (logged by TRL as rewards/<name>/mean): accuracy_reward (acc), format_reward (format) and efficiency_reward,
-weighted (1 - a), a and (1 - a) x search_penalty (or `efficiency_weight`). With c = search_cost(n) (1 when the rollout searched; with
-`penalty_per_call` (1 - (1 - p) ** n) / p, so that 1 - p x c = (1 - p) ** n):
+weighted (1 - a), a and (1 - a) x search_penalty (or `efficiency_weight`). With c = search_cost(n) (1 when the
+rollout searched; with `penalty_per_call` (1 - (1 - p) ** n) / p, so that 1 - p x c = (1 - p) ** n):
   gdpo           efficiency = -acc x c for a correct answer (acc > 0.99, the scorer's rule), else 0; the weighted sum
                  is exactly Eq. 1, but TRL aggregates with multi_objective_aggregation="normalize_then_sum" (GDPO:
                  each component normalised within its group before the weighted sum), so the penalty keeps its own
@@ -108,9 +108,9 @@ class RewardParams:
         if self.format_rule not in RULES:
             raise ValueError(f"format_rule must be one of {RULES}, got {self.format_rule!r}")
         if self.efficiency_weight is not None and not 0.0 <= self.efficiency_weight < 1.0 - self.format_weight:
-            raise ValueError(f"efficiency_weight must be in [0, 1 - format_weight = {1.0 - self.format_weight:g}) (at or "
-                             f"above accuracy's weight a searched right answer scores no better than a wrong direct "
-                             f"one), or null for (1 - a) x search_penalty; got {self.efficiency_weight}")
+            raise ValueError(f"efficiency_weight must be in [0, 1 - format_weight = {1.0 - self.format_weight:g}) "
+                             f"(at or above accuracy's weight a searched right answer scores no better than a wrong "
+                             f"direct one), or null for (1 - a) x search_penalty; got {self.efficiency_weight}")
         if self.efficiency_weight is not None and self.efficiency == "paper":
             raise ValueError("efficiency_weight weighs the efficiency component of efficiency gdpo or among_correct; "
                              "with efficiency: paper the penalty is search_penalty (set efficiency, or leave "
