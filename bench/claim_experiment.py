@@ -1,7 +1,7 @@
 """The paper's claim as DVC experiments: fewer searches at the same accuracy, and what each ingredient does.
 
     python bench/claim_experiment.py [--runs baseline,no_penalty,no_balance,gdpo,among_correct]
-                                     [--profile cpu|cpu48|gpu] [--set train.max_steps=12 --set evaluate.max_items=48 ...]
+                                     [--profile cpu|cpu36|cpu48|gpu] [--set train.max_steps=12 --set evaluate.max_items=48 ...]
                                      [--out bench/claim] [--dry]
 
 Runs one `dvc exp run -n claim-<run>-<time>` per run, one after the other, in this workspace (a finished `dvc repro`: only
@@ -12,6 +12,7 @@ and its section 4):
   no_balance     train.data=unbalanced: the train clusters before the balance quotas
   gdpo           train.efficiency=gdpo: accuracy, format and penalty normalised each on its own (TRL normalize_then_sum)
   among_correct  train.efficiency=among_correct: the efficiency term among the group's correct rollouts only
+  gdpo_weighted  gdpo with train.efficiency_weight=0.45 (not in the default set; name it in --runs)
 Every run restates every key any run changes (the others' values are this workspace's params.yaml), so no run
 inherits another's override; `--set` overrides apply to all runs (the training and evaluation budget). The baseline
 runs last, so the workspace ends on it (with the `--set` budget: `git checkout params.yaml dvc.lock && dvc checkout`
@@ -56,6 +57,9 @@ RUNS = {
     "no_penalty": {"train.search_penalty": 0.0},
     "no_balance": {"train.data": "unbalanced"},
     "gdpo": {"train.efficiency": "gdpo"},
+    # GDPO with the efficiency component weighted 0.45 instead of Eq. 1's 0.09 (which per-component normalisation
+    # weakens six-fold, bench/RESULTS.md round 5): at 48 steps it cut searches as the paper's penalty does
+    "gdpo_weighted": {"train.efficiency": "gdpo", "train.efficiency_weight": 0.45},
     "among_correct": {"train.efficiency": "among_correct"},
     "baseline": {},
 }
@@ -69,18 +73,23 @@ COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv":
 # profile (a real VLM, the whole train split, 8 rollouts per prompt, LoRA): run it on a GPU machine after setting the
 # model of the probe/bootstrap GPU profiles. `cpu48` is round 5's budget (bench/RESULTS.md: with `--start-over-search
 # 0.4` the penalty run cuts 31% below RAG, 11.5 points above its accuracy): 48 steps over 64 items at 1.2e-5, top 10
-# layers, 18-23 minutes per run on a 2-core AMX CPU.
+# layers, 18-23 minutes per run on a 2-core AMX CPU. `cpu36` is the same at 36 steps and 1.6e-5 (the same
+# steps x learning rate), sized so the five runs of the issue fit 90 minutes on that CPU.
 PROFILES = {
     "demo": {},
     "cpu": {"train.max_steps": "12", "train.per_device_train_batch_size": "8", "train.learning_rate": "1.5e-05"},
     "cpu48": {"train.max_steps": "48", "train.max_items": "64", "train.per_device_train_batch_size": "8",
               "train.learning_rate": "1.2e-05", "train.train_layers": "10"},
+    "cpu36": {"train.max_steps": "36", "train.max_items": "64", "train.per_device_train_batch_size": "8",
+              "train.learning_rate": "1.6e-05", "train.train_layers": "10"},
     "gpu": {"train.max_steps": "0", "train.num_train_epochs": "1", "train.max_items": "0", "train.samples": "8",
             "train.per_device_train_batch_size": "8", "train.max_completion_length": "4096", "train.learning_rate": "1.0e-06",
             "train.beta": "0.001", "train.lora.enabled": "true", "train.precision": "bf16",
             "train.vllm_gpu_memory_utilization": "0.4", "train.grpo_overrides": "{}"},
 }
-ORDER = ["no_penalty", "no_balance", "gdpo", "among_correct", "baseline"]  # baseline last: the workspace ends on it
+ORDER = ["no_penalty", "no_balance", "gdpo", "gdpo_weighted", "among_correct", "baseline"]  # baseline last: the
+# workspace ends on it
+DEFAULT_RUNS = ["no_penalty", "no_balance", "gdpo", "among_correct", "baseline"]  # the issue's ablations
 
 
 def param_value(params: dict, dotted: str):
@@ -345,14 +354,15 @@ def restore_workspace(before: dict[Path, bytes | None]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default=",".join(ORDER), help="comma-separated runs, of: " + ", ".join(ORDER))
+    ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated runs, of: " + ", ".join(ORDER))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for every run, e.g. train.max_steps=12 (repeatable)")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                     help="training budget applied before --set: demo (params.yaml as it is), cpu (" +
                     ", ".join(f"{k}={v}" for k, v in PROFILES["cpu"].items()) + "), cpu48 (round 5's budget, with "
                     "--start-over-search 0.4: " + ", ".join(f"{k}={v}" for k, v in PROFILES["cpu48"].items()) +
-                    "), gpu (the GPU profile: whole train split, 8 rollouts, LoRA, bf16)")
+                    "), cpu36 (cpu48 at 36 steps and 1.6e-5: five runs in 90 minutes), gpu (the GPU profile: whole "
+                    "train split, 8 rollouts, LoRA, bf16)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="bench/claim", help="per-run copies, table.md and curves.png go here")
     ap.add_argument("--dry", action="store_true", help="print the dvc commands only")

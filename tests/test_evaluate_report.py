@@ -214,8 +214,9 @@ def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_
 
 
 def test_claim_profiles_pass_the_train_stages_loader(tmp_path):
-    """Every `--profile` budget, applied to params.yaml as `dvc exp run -S` would, is a valid train section (a
-    misspelt or mistyped key in a profile fails here, not an hour into an experiment)."""
+    """Every `--profile` budget and every run's overrides, applied to params.yaml as `dvc exp run -S` would, is a
+    valid train section (a misspelt or mistyped key, or a weight the loader refuses, fails here, not an hour into an
+    experiment)."""
     import yaml
 
     from pipeline.config import load_section
@@ -223,7 +224,10 @@ def test_claim_profiles_pass_the_train_stages_loader(tmp_path):
 
     claim = claim_module()
     root = Path(__file__).resolve().parents[1]
-    for name, keys in claim.PROFILES.items():
+    budgets = {f"profile {k}": v for k, v in claim.PROFILES.items()}
+    budgets.update({f"run {k}": {key: claim.hydra_value(v) for key, v in keys.items()}
+                    for k, keys in claim.RUNS.items()})
+    for name, keys in budgets.items():
         params = yaml.safe_load((root / "params.yaml").read_text())
         for key, value in keys.items():
             *path, field = key.split(".")
@@ -239,6 +243,7 @@ def test_claim_profiles_pass_the_train_stages_loader(tmp_path):
                 got = getattr(got, part)
             assert got == yaml.safe_load(value), (name, key, got)
     assert claim.PROFILES["cpu48"]["train.max_steps"] == "48"
+    assert {"profile cpu36", "run gdpo_weighted"} <= set(budgets)
 
 
 def test_claim_restores_the_workspace_after_a_failed_run(tmp_path, monkeypatch):
