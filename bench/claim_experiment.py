@@ -22,7 +22,8 @@ After each run it copies data/evaluate/metrics.json and table.md (as evaluation.
 train and reprobe metrics to <out>/<run>/, and at the end writes
 <out>/table.md (one row per run: the trained policy's on-demand accuracy and search ratio with 95% intervals, RAG's
 (the base model's workflow unless the trained model is played in RAG mode too), the search cut vs RAG, the accuracy
-gap, over-search on search-free items vs the base labeler, tool productivity, and the reprobe stage's label moves
+gap, over-search on search-free items vs the base labeler (by the labels, and by the demo world's answer key where the
+evaluation has it), tool productivity, and the reprobe stage's label moves
 between search-required and search_free) and
 <out>/curves.png (search ratio and accuracy reward over training steps, one line per run: the mean of SMOOTH steps). Prints the table.
 `--report-only` rebuilds table and plot from <out>/ without running anything. `--sampled K` also evaluates each run's
@@ -197,12 +198,12 @@ def fmt(value, ci=None, pct=True) -> str:
 
 def table(out: Path, runs: list[str]) -> str:
     rows = ["| Run | n | On-demand Acc | On-demand SR | RAG Acc | SR cut vs RAG | Acc vs RAG (pts) | Over-search "
-            "(trained / base) | Tool productivity | Re-probe: req.->free / free->req. | Minutes |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "(trained / base) | by the answer key | Tool productivity | Re-probe: req.->free / free->req. | Minutes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         path = out / r / "metrics.json"
         if not path.is_file():
-            rows.append(f"| {r} | – | (not run) | | | | | | | | |")
+            rows.append(f"| {r} | – | (not run) | | | | | | | | | |")
             continue
         m = json.loads(path.read_text())
         acc, acc_ci = figure(m, "trained", "on_demand", "accuracy")
@@ -214,12 +215,17 @@ def table(out: Path, runs: list[str]) -> str:
         start_over, _ = figure(m, "start", "on_demand", "over_search_rate")
         start_sr, _ = figure(m, "start", "on_demand", "search_ratio")
         start = f" (start: {fmt(start_over)}, SR {fmt(start_sr)})" if start_sr is not None else ""
+        # the evaluation's `answer_key` figures: over-search with the labels the demo world's key implies
+        key = {name: m.get("answer_key", {}).get(name, {}).get("on_demand", {}).get("test", {})
+               for name in ("trained", "base")}
+        by_key = (f"{fmt(key['trained'].get('over_search_rate'))} / {fmt(key['base'].get('over_search_rate'))}"
+                  if key["trained"] else "–")
         prod, _ = figure(m, "trained", "on_demand", "tool_productivity")
         n, _ = figure(m, "trained", "on_demand", "n_items")
         cut = f"{(1 - sr / rag_sr) * 100:.0f}%" if sr is not None and rag_sr else "–"
         gap = f"{(acc - rag_acc) * 100:+.1f}" if acc is not None and rag_acc is not None else "–"
         rows.append(f"| {r} | {n} | {fmt(acc, acc_ci)} | {fmt(sr, sr_ci)} | {fmt(rag_acc, rag_ci)} | {cut} | {gap} | "
-                    f"{fmt(over)} / {fmt(base_over)}{start} | {fmt(prod, pct=False)} | {moves(out, r)} | "
+                    f"{fmt(over)} / {fmt(base_over)}{start} | {by_key} | {fmt(prod, pct=False)} | {moves(out, r)} | "
                     f"{minutes(out, r)} |")
     return "\n".join(rows) + "\n"
 

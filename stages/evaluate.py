@@ -9,9 +9,11 @@ Writes: <out_dir>/rollouts.parquet (every trajectory: ROLLOUT_FEATURES + dataset
         `model` = the model's name; rollout_id = model/mode/dataset/item/sample), <out_dir>/metrics.json (nested
         model -> mode -> dataset -> metric, so `dvc metrics show` prints keys like trained.on_demand.test.search_ratio;
         each cell with `ci95` (95% interval per rate and ratio, e.g. trained.on_demand.test.ci95.accuracy.lo) and
-        tool_productivity; plus `avg` per model x mode and `vs_rag` per model), <out_dir>/table.md (the paper's
-        Table 1 shape, n and intervals per cell, then per dataset what the on-demand policy did per label: its
-        action sequences with their counts and correct ones),
+        tool_productivity; plus `avg` per model x mode and `vs_rag` per model; `answer_key` where items carry the
+        demo world's key: over-/under-search and accuracy per subset with the labels the key implies),
+        <out_dir>/table.md (the paper's Table 1 shape, n and intervals per cell, then per dataset what the
+        on-demand policy did per label: its action sequences with their counts and correct ones, and the search
+        decisions against the answer key next to the label-based figures),
         followed by the reprobe stage's table of label moves (evaluate.transitions, data/reprobe/transitions.md),
         <out_dir>/accuracy_vs_search.png and <out_dir>/plots/accuracy_vs_search_<dataset>.csv (DVC plots),
         <out_dir>/exclusions.parquet (dataset rows that are not valid items, with the reason), <out_dir>/run.json;
@@ -37,8 +39,9 @@ SECTION = "evaluate"
 
 
 def run(params: EvaluateParams, args) -> int:
-    from pipeline.evaluate.metrics import metrics_by_group
-    from pipeline.evaluate.report import behaviour_table, render_table, summary_lines, with_summaries, write_plots
+    from pipeline.evaluate.metrics import metrics_by_answer_key, metrics_by_group
+    from pipeline.evaluate.report import (behaviour_table, key_table, render_table, summary_lines, with_summaries,
+                                          write_plots)
     from pipeline.evaluate.run import EvaluateError, evaluate
     from pipeline.io import write_exclusions, write_json
     from pipeline.schema import write_table
@@ -55,9 +58,12 @@ def run(params: EvaluateParams, args) -> int:
     nested = metrics_by_group(rows, ev.labels)
     names, datasets = [m.name for m in params.models], list(params.datasets)
     metrics = with_summaries(nested, datasets)
-    write_json({**metrics, "datasets": ev.datasets}, out / "metrics.json")
+    by_key = metrics_by_answer_key(rows, ev.needs)
+    write_json({**metrics, "datasets": ev.datasets, **({"answer_key": by_key} if by_key else {})},
+               out / "metrics.json")
     table = render_table(nested, names, params.modes, datasets)
-    table += "".join(behaviour_table(rows, names, d) for d in datasets)
+    table += "".join(behaviour_table(rows, names, d) + key_table(by_key, nested, names, params.modes, d)
+                     for d in datasets)
     if params.transitions and Path(params.transitions).exists():
         table += "\n" + Path(params.transitions).read_text(encoding="utf-8")
     elif params.transitions:

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from pipeline.evaluate.metrics import (
-    BOOTSTRAP_KEYS, METRIC_KEYS, WILSON_KEYS, compute_metrics, is_correct, mean_or_none, metrics_by_group, search_calls,
-    search_reduction, searched, subset_of, tool_call_outcomes,
+    BOOTSTRAP_KEYS, KEY_FIGURES, METRIC_KEYS, WILSON_KEYS, compute_metrics, is_correct, mean_or_none,
+    metrics_by_answer_key, metrics_by_group, search_calls, search_reduction, searched, subset_of, tool_call_outcomes,
 )
 
 
@@ -259,3 +259,30 @@ def test_tool_productivity_without_search_calls_is_null():
     assert _ci(compute_metrics(one, LABELS), "tool_productivity") == (1.0, 1.0)
     # empty subsets have no interval either
     assert compute_metrics(one, {})["ci95"]["over_search_rate"] is None
+
+
+def test_search_decisions_against_the_answer_key_count_label_errors_as_the_key_says():
+    """A: labelled search_free, the key says it needs an image search: searching it is over-search by the labels and
+    right by the key. C: labelled search_free, needs text by the key, answered wrongly without search: under-search by
+    the key only. D has no key (left out). E is a `visual` item: search-free for a model that saw the image,
+    unanswerable (in no subset) for one that did not."""
+    labels = {"A": "search_free", "B": "search_free", "C": "search_free", "D": "text_search_required",
+              "E": "search_free"}
+    needs = {"test": {"A": "image", "B": "none", "C": "text", "E": "visual"}}
+    rows = [rollout("A", ("image_search", "answer"), correct=True, calls=[call("image_search")]),
+            rollout("B", correct=True), rollout("C", correct=False),
+            rollout("D", ("text_search", "answer"), correct=True, calls=[call("text_search")]),
+            rollout("E", correct=True)]
+    blind = dict(rollout("E", correct=True, model="blind"), saw_image=False)
+    by_label = metrics_by_group(rows, {"test": labels})["m"]["on_demand"]["test"]
+    out = metrics_by_answer_key(rows + [blind], needs)
+    key = out["m"]["on_demand"]["test"]
+    assert tuple(key) == KEY_FIGURES + ("ci95",) and set(key["ci95"]) == set(KEY_FIGURES) - {"n_search_required",
+                                                                                          "n_search_free"}
+    assert by_label["over_search_rate"] == pytest.approx(1 / 4)  # A searched, of A, B, C, E
+    assert key["n_search_free"] == 2 and key["n_search_required"] == 2  # B, E / A, C
+    assert key["over_search_rate"] == 0.0  # the only search was on an item that needs it
+    assert key["under_search_rate"] == pytest.approx(1 / 2)  # C: needed a search, did not, wrong
+    assert key["accuracy_search_free"] == 1.0 and key["accuracy_search_required"] == pytest.approx(1 / 2)
+    assert out["blind"]["on_demand"]["test"]["n_search_free"] == 0  # E unanswerable without the image
+    assert metrics_by_answer_key(rows, {"test": {}}) == {} and metrics_by_answer_key(rows, {}) == {}

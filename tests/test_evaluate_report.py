@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.evaluate.report import behaviour_table, plot_records, render_table, with_summaries, write_plots
+from pipeline.evaluate.report import (behaviour_table, key_table, plot_records, render_table, with_summaries,
+                                      write_plots)
 from pipeline.evaluate.metrics import METRIC_KEYS
 
 
@@ -131,7 +132,7 @@ def test_claim_table_reads_the_base_rag_and_the_label_moves(tmp_path):
     (tmp_path / "baseline" / "timing.json").write_text(json.dumps({"run_minutes": 14.5, "sampled_minutes": 3.0}))
     text = claim.table(tmp_path, ["no_penalty", "baseline"])
     row = next(line for line in text.splitlines() if line.startswith("| baseline"))
-    assert row == "| baseline | 10 | 65.0 | 60.0 | 60.0 | 40% | +5.0 | 25.0 / 50.0 | 1.50 | 3 / 1 of 10 | 14.5 + 3.0 |"
+    assert row == "| baseline | 10 | 65.0 | 60.0 | 60.0 | 40% | +5.0 | 25.0 / 50.0 | – | 1.50 | 3 / 1 of 10 | 14.5 + 3.0 |"
     assert "| no_penalty | – | (not run) |" in text
 
 
@@ -210,7 +211,12 @@ def test_claim_start_over_search_commands_pass_the_stages_loaders_and_the_table_
     (tmp_path / "baseline").mkdir()
     (tmp_path / "baseline" / "metrics.json").write_text(json.dumps(metrics))
     row = claim.table(tmp_path, ["baseline"]).splitlines()[-1]
-    assert "| 5.0 / 10.0 (start: 90.0, SR 95.0) |" in row
+    assert "| 5.0 / 10.0 (start: 90.0, SR 95.0) | – |" in row  # no answer key in these metrics
+    metrics["answer_key"] = {"trained": {"on_demand": {"test": {"over_search_rate": 0.0}}},
+                             "base": {"on_demand": {"test": {"over_search_rate": 0.02}}}}
+    (tmp_path / "baseline" / "metrics.json").write_text(json.dumps(metrics))
+    row = claim.table(tmp_path, ["baseline"]).splitlines()[-1]
+    assert "| 5.0 / 10.0 (start: 90.0, SR 95.0) | 0.0 / 2.0 |" in row
 
 
 def test_claim_profiles_pass_the_train_stages_loader(tmp_path):
@@ -297,3 +303,16 @@ def test_behaviour_table_counts_action_sequences_per_label():
     assert lines[("trained", "mixed_search_required")].endswith("| 3 (0) | – | 1 (1) | – |")
     assert lines[("trained", "search_free")].endswith("| – | 2 (1) | – | 1 (1) |")
     assert behaviour_table(rows, ["trained"], "missing") == ""
+
+
+def test_key_table_puts_the_answer_keys_figures_next_to_the_labels():
+    """One row per model x mode that has key figures, the key's over-/under-search (with intervals) next to the
+    label-based ones; empty for a dataset without any key."""
+    key = {"n_search_required": 3, "n_search_free": 1, "over_search_rate": 0.0, "under_search_rate": 1 / 3,
+           "accuracy_search_free": 1.0, "accuracy_search_required": 2 / 3,
+           "ci95": {"over_search_rate": {"lo": 0.0, "hi": 0.79}}}
+    by_key = {"trained": {"on_demand": {"test": key}}}
+    text = key_table(by_key, NESTED, MODELS, MODES, "test")
+    rows = [cells(r) for r in table_rows(text) if r.startswith("| On-demand")]
+    assert rows == [["On-demand search", "trained", "3/1", "0.0 [0.0–79.0]", "25.0", "33.3", "–", "100.0", "66.7"]]
+    assert key_table(by_key, NESTED, MODELS, MODES, "extra") == ""

@@ -15,9 +15,13 @@ from pipeline.subsets import stratified_subset
 from pipeline.schema import write_items
 
 LABEL_CYCLE = ["search_free", "image_search_required", "text_search_required", "mixed_search_required"]
+KEY_CYCLE = ["image", "image", "text", "mixed"]  # the demo world's answer key: the first label of the cycle is wrong
 
 
 def _with_labels(items, path, labels):
+    """The items with `label` and an answer key (meta.expected_need, KEY_CYCLE) written to `path`."""
+    items = [{**it, "meta": json.dumps({**json.loads(it.get("meta") or "{}"), "expected_need": KEY_CYCLE[i % 4]})}
+             for i, it in enumerate(items)]
     write_items(items, path)
     table = pq.read_table(path).append_column("label", pa.array(labels))
     pq.write_table(table, path)
@@ -74,7 +78,7 @@ def _without_latency(path):
 
 
 def test_evaluate_end_to_end_and_resume(world, tiny_text_model_path):
-    from pipeline.evaluate.metrics import metrics_by_group
+    from pipeline.evaluate.metrics import metrics_by_answer_key, metrics_by_group
 
     w, labels, warmed = world
     root = w.root
@@ -112,9 +116,17 @@ def test_evaluate_end_to_end_and_resume(world, tiny_text_model_path):
     # every number is recomputable from the stored rollouts
     again = metrics_by_group(rows, {"test": labels})
     assert again["trained"]["on_demand"]["test"] == metrics["trained"]["on_demand"]["test"]
+    # the same decisions against the answer key: every search-free label is wrong by KEY_CYCLE, so no item is
+    # search-free by the key and each labelled search-free item counts as search-required
+    keys = {it["id"]: KEY_CYCLE[i % 4] for i, it in enumerate(w.items)}
+    by_key = metrics["answer_key"]["trained"]["on_demand"]["test"]
+    assert by_key == metrics_by_answer_key(rows, {"test": keys})["trained"]["on_demand"]["test"]
+    assert by_key["n_search_free"] == 0 and by_key["over_search_rate"] is None
+    assert by_key["n_search_required"] == metrics["trained"]["on_demand"]["test"]["n_items"] == 6
     assert metrics["datasets"]["test"] == {"rows": 8, "valid_items": 8, "excluded": 0, "evaluated_items": 6,
                                            "labelled_items": 6}
     table = (out / "table.md").read_text()
+    assert "## test: search decisions against the answer key" in table
     assert table.count("| RAG workflow |") >= 2 and "| test Acc | test SR |" in table
     # what the on-demand policy did per label: the counts of its action sequences add up to its trajectories
     behaviour = table.split("what the policy did per label")[1]

@@ -75,6 +75,9 @@ WILSON_KEYS = (
     "no_answer_rate", "error_rate",
 )
 BOOTSTRAP_KEYS = ("search_calls_per_rollout", "searches_per_correct", "tool_productivity")
+# figures of `metrics_by_answer_key`: the search decisions, measured against the answer key instead of the labels
+KEY_FIGURES = ("n_search_required", "n_search_free", "accuracy_search_required", "accuracy_search_free",
+               "over_search_rate", "under_search_rate")
 Z95 = 1.959963984540054  # standard normal quantile of 0.975
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -325,3 +328,25 @@ def search_reduction(on_demand: float | None, always: float | None) -> float | N
     if on_demand is None or not always:
         return None
     return 1.0 - on_demand / always
+
+
+def metrics_by_answer_key(rows: Iterable[Mapping[str, Any]], needs: Mapping[str, Mapping[str, str]]) -> dict:
+    """Nested {model: {mode: {dataset: KEY_FIGURES + ci95}}}: the search decisions measured against what each item
+    really needs instead of its label. needs: dataset -> item id -> the demo world's answer key (`meta.expected_need`,
+    read by `pipeline.curate.answer_key.expected_need`); each item gets the label a perfect probe would give
+    (`expected_label`, with the row's saw_image). Items without a key are left out; {} when none has one. Where the
+    labels are right the figures equal the label-based ones; where they differ, the difference is label error (a
+    search-free label on an item the key says needs a search makes a right search count as over-search)."""
+    from pipeline.curate.answer_key import expected_label
+
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if needs.get(r["dataset"], {}).get(r["item_id"]):
+            groups.setdefault(group_key(r), []).append(r)
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for (model, mode, dataset), rs in groups.items():
+        key = {r["item_id"]: expected_label(needs[dataset][r["item_id"]], bool(r.get("saw_image"))) for r in rs}
+        m = compute_metrics(rs, key)
+        out.setdefault(model, {}).setdefault(mode, {})[dataset] = {
+            **{k: m[k] for k in KEY_FIGURES}, "ci95": {k: v for k, v in m["ci95"].items() if k in KEY_FIGURES}}
+    return out

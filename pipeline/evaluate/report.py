@@ -153,6 +153,27 @@ def behaviour_table(rows: Sequence[Mapping[str, Any]], models: Sequence[str], da
     return "\n".join(lines) + "\n"
 
 
+def key_table(by_key: Nested, by_label: Nested, models: Sequence[str], modes: Sequence[str], dataset: str) -> str:
+    """The search decisions against the answer key (`metrics_by_answer_key`) next to the same figures against the
+    labels, one row per model x mode; empty when no evaluated item of `dataset` has a key."""
+    rows = [(mode, model, by_key[model][mode][dataset], (by_label.get(model, {}).get(mode, {}).get(dataset) or {}))
+            for mode in modes for model in models if dataset in by_key.get(model, {}).get(mode, {})]
+    if not rows:
+        return ""
+    lines = ["", f"## {dataset}: search decisions against the answer key", "",
+             "The demo world's answer key says what each item needs; here each item counts by the label the key "
+             "implies instead of the probe's. Where they differ, the label is wrong: a search-free label on an item "
+             "that needs a search makes the right search count as over-search. Items (req./free): by the key.", "",
+             "| Mode | Model | Items (req./free) | Over-search: key | labels | Under-search: key | labels "
+             "| Acc free: key | Acc req.: key |", "|---|---|" + "---:|" * 7]
+    for mode, model, k, lab in rows:
+        lines.append(f"| {MODE_TITLES.get(mode, mode)} | {model} | {k['n_search_required']}/{k['n_search_free']} | "
+                     + " | ".join([with_ci(k, "over_search_rate"), pct(lab.get("over_search_rate")),
+                                   with_ci(k, "under_search_rate"), pct(lab.get("under_search_rate")),
+                                   with_ci(k, "accuracy_search_free"), with_ci(k, "accuracy_search_required")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def efficiency_cells(m: Mapping[str, Any]) -> list[str]:
     """The cells of one model x mode row of a dataset's search-efficiency table (after Mode and Model)."""
     return [

@@ -115,6 +115,7 @@ class Evaluation:
     fingerprints: dict[str, str]  # model -> fingerprint of its parts
     digests: dict[str, str]  # model -> digest of its files
     tool_metrics: dict | None  # search tool counters of this process (None: no tools ran)
+    needs: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # dataset -> item id -> answer key
 
 
 def fingerprint(params: EvaluateParams, model_digest: str, datasets: dict[str, list[str]], search: dict) -> str:
@@ -243,5 +244,8 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
 
     tables = [runs[m.name].merge(schema=EVAL_ROLLOUT_FEATURES.arrow_schema) for m in params.models]
     clear_stale(params.parts_dir, set(fps.values()))
+    from pipeline.curate.answer_key import expected_need
+
+    needs = {d: {it["id"]: need for it in selected[d] if (need := expected_need(it.get("meta")))} for d in selected}
     return Evaluation(pa.concat_tables(tables), {d: data[d].labels for d in data}, summary, excluded, fps, digests,
-                      tools.metrics() if tools is not None else None)
+                      tools.metrics() if tools is not None else None, needs)
