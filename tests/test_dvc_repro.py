@@ -98,6 +98,8 @@ def test_dvc_repro_runs_the_whole_graph_and_counts_add_up(tmp_path):
     if reprobe["items"]:  # the tiny labeler may leave the test split empty
         assert evaluate["trained"]["on_demand"]["test"]["n_items"] == min(3, reprobe["items"])
         assert "rag" not in evaluate["trained"] and "vs_rag" in evaluate["trained"]  # RAG is the base's workflow
+        by_key = evaluate["answer_key"]["trained"]["on_demand"]["test"]  # demo items carry the answer key
+        assert by_key["n_search_required"] + by_key["n_search_free"] <= min(3, reprobe["items"])
     # the repro is complete: a second run has nothing to do
     again = subprocess.run(["dvc", "status"], cwd=project, env=env, capture_output=True, text=True)
     assert "changed" not in again.stdout, again.stdout
