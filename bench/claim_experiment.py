@@ -1,8 +1,8 @@
 """The paper's claim as DVC experiments: fewer searches at the same accuracy, and what each ingredient does.
 
     python bench/claim_experiment.py [--runs baseline,no_penalty,no_balance,gdpo,among_correct]
-                                     [--profile cpu|cpu36|cpu48|gpu] [--set train.max_steps=12 --set evaluate.max_items=48 ...]
-                                     [--out bench/claim] [--dry]
+                                     [--profile cpu|cpu36|cpu48|gpu] [--out bench/claim] [--dry]
+                                     [--set train.max_steps=12 --set evaluate.max_items=48 ...]
 
 Runs one `dvc exp run -n claim-<run>-<time>` per run, one after the other, in this workspace (a finished `dvc repro`: only
 the train and evaluate stages re-run, plus balance for nothing). The runs (the issue's ablations, MMSearch-R1 Table 1

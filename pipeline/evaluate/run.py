@@ -168,6 +168,7 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
     """Play every unit not stored yet and return the stored rollouts of all of them (see the module docstring)."""
     import pyarrow as pa
 
+    from pipeline.curate.answer_key import expected_need
     from pipeline.evaluate.data import load_dataset
     from pipeline.evaluate.modes import EVAL_ROLLOUT_FEATURES, run_mode
     from pipeline.io import progress
@@ -244,8 +245,6 @@ def evaluate(params: EvaluateParams, params_file: str, log: Callable[[str], None
 
     tables = [runs[m.name].merge(schema=EVAL_ROLLOUT_FEATURES.arrow_schema) for m in params.models]
     clear_stale(params.parts_dir, set(fps.values()))
-    from pipeline.curate.answer_key import expected_need
-
     needs = {d: {it["id"]: need for it in selected[d] if (need := expected_need(it.get("meta")))} for d in selected}
     return Evaluation(pa.concat_tables(tables), {d: data[d].labels for d in data}, summary, excluded, fps, digests,
                       tools.metrics() if tools is not None else None, needs)
