@@ -12,6 +12,9 @@ With `cascade`, an item goes on to the next condition only when the label rule (
 one that image search settles is never text-searched. With `adaptive`, each condition is sampled in rounds
 (`first_round`, then `round_size` more) only for the items whose verdict is still open, up to `samples` (K); without
 it every item gets K rollouts per condition it reaches. So samples are spent only where a label is not settled yet.
+With the rule's blind-guess guard (`label_rule.blind_guesses`), the items whose question text alone cannot know the
+answer are found once over the whole item file (`blind_ambiguous`), and their blind right answers without an image
+search do not settle a condition as pass, in the cascade exactly as in the label stage.
 
 A batch's rollouts depend only on its items, the parameters and the seed (the engine's sampler is re-seeded per call
 and its prefix cache emptied per batch), so a killed run started again, or the same run over shards, gives the same
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import param
-from pipeline.curate.label import CASCADE, FAIL, OPEN, RuleParams, settle
+from pipeline.curate.label import CASCADE, FAIL, OPEN, RuleParams, blind_ambiguous, settle
 from pipeline.rollout.config import RolloutParams
 from pipeline.rollout.engines import EngineParams, Sampling
 
@@ -113,13 +116,16 @@ def fingerprint(params: ProbeParams, model_path: str, item_ids: list[str]) -> st
     for k in ("out_dir", "parts_dir", "items", "model", "workers"):  # workers: the same batches, wherever they run
         keep.pop(k)
     keep["engine"] = {k: keep["engine"][k] for k in ("kind", "dtype", "seed_mode")}
+    if not keep["blind_guesses"]:  # rule 2 runs keep the fingerprint (and the parts) they had before the guard existed
+        keep.pop("blind_guesses")
     return fp({"params": keep, "model": path_digest(model_path), "items": fp(item_ids)})
 
 
 def probe_condition_rounds(engine, protocol, tools, items: list[dict], condition: str, params: ProbeParams,
-                           seed: int, model_name: str) -> tuple[list[dict], dict[str, str]]:
+                           seed: int, model_name: str, ambiguous: set[str] = frozenset()
+                           ) -> tuple[list[dict], dict[str, str]]:
     """Rollouts of `items` under one condition (K fixed, or adaptive rounds) and each item's verdict under the label
-    rule (pass | fail | open)."""
+    rule (pass | fail | open); `ambiguous`: the item ids the blind-guess guard watches."""
     from pipeline.rollout.loop import run_rollouts
 
     common = dict(judge_cfg=params.judge, format_rule=params.format_rule, sampling=params.sampling,
@@ -127,7 +133,8 @@ def probe_condition_rounds(engine, protocol, tools, items: list[dict], condition
     per_item: dict[str, list[dict]] = {it["id"]: [] for it in items}
     done, size = 0, params.samples if not params.adaptive.enabled else min(params.adaptive.first_round, params.samples)
     while done < params.samples:
-        counts = [size if done == 0 or settle(condition, per_item[it["id"]], params) == OPEN else 0 for it in items]
+        counts = [size if done == 0 or settle(condition, per_item[it["id"]], params, ambiguous) == OPEN else 0
+                  for it in items]
         if not any(counts):
             break
         for r in run_rollouts(engine, protocol, tools, items, condition, size, sample_start=done,
@@ -136,11 +143,11 @@ def probe_condition_rounds(engine, protocol, tools, items: list[dict], condition
         done += size
         size = min(params.adaptive.round_size, params.samples - done)
     rows = [r for it in items for r in sorted(per_item[it["id"]], key=lambda r: r["sample"])]
-    return rows, {i: settle(condition, rs, params) for i, rs in per_item.items()}
+    return rows, {i: settle(condition, rs, params, ambiguous) for i, rs in per_item.items()}
 
 
 def probe_batch(engine, protocol, make_tools: Callable[[], Any], items: list[dict], params: ProbeParams,
-                model_name: str) -> list[dict]:
+                model_name: str, ambiguous: set[str] = frozenset()) -> list[dict]:
     """Every condition's rollouts of one batch, the cascade applied (see the module docstring)."""
     from pipeline.rollout.engines import derive_seed
     from pipeline.rollout.protocols import condition_tools
@@ -152,7 +159,8 @@ def probe_batch(engine, protocol, make_tools: Callable[[], Any], items: list[dic
             break
         seed = derive_seed(params.seed, condition, *[it["id"] for it in left])
         tools = make_tools() if condition_tools(condition) else None
-        got, verdicts = probe_condition_rounds(engine, protocol, tools, left, condition, params, seed, model_name)
+        got, verdicts = probe_condition_rounds(engine, protocol, tools, left, condition, params, seed, model_name,
+                                               ambiguous)
         rows += got
         if params.cascade:
             left = [it for it in left if verdicts[it["id"]] == FAIL]
@@ -215,6 +223,8 @@ def probe(params: ProbeParams, make_tools: Callable[[], Any], shard: tuple[int, 
     ds = read_items(params.items).cast_column("image", datasets.Image(decode=False))
     ids = ds["id"]
     chosen = select_items(ids, params.max_items, params.seed)
+    ambiguous = blind_ambiguous({c: ds[c] for c in ("id", "question", "answer", "aliases")}) \
+        if params.blind_guesses else set()
     batches = [chosen[i:i + params.batch_items] for i in range(0, len(chosen), params.batch_items)]
     model_path = resolve_model(params.model)
     fp = fingerprint(params, model_path, [ids[i] for i in chosen])
@@ -236,7 +246,7 @@ def probe(params: ProbeParams, make_tools: Callable[[], Any], shard: tuple[int, 
 
         def produce(b: int):
             nonlocal new_rollouts
-            rows = probe_batch(engine, protocol, tools, [ds[i] for i in batches[b]], params, model_path)
+            rows = probe_batch(engine, protocol, tools, [ds[i] for i in batches[b]], params, model_path, ambiguous)
             new_rollouts += len(rows)
             return rows_table(rows)
 

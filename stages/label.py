@@ -38,7 +38,7 @@ def run(params: Params, args) -> int:
     import pyarrow.parquet as pq
 
     from pipeline.curate.answer_key import plot_confusion
-    from pipeline.curate.labelling import EVIDENCE_COLUMNS, label_evidence
+    from pipeline.curate.labelling import EVIDENCE_COLUMNS, LABEL_ITEM_COLUMNS, label_evidence
     from pipeline.curate.reference import reference_features
     from pipeline.io import write_exclusions, write_json
     from pipeline.schema import LABEL_FEATURES, LABELS, read_items, write_table
@@ -53,7 +53,7 @@ def run(params: Params, args) -> int:
     if not read:
         print(f"error: no evidence under {params.probe_dir} for {params.conditions}; run the probe stage first")
         return 2
-    out = label_evidence({c: items[c] for c in ("id", "source", "meta")}, evidence, params, read)
+    out = label_evidence({c: items[c] for c in LABEL_ITEM_COLUMNS}, evidence, params, read)
     folder = Path(params.out_dir)
     keep = out["labels"]
     write_table(datasets.Dataset.from_list(keep, features=LABEL_FEATURES).data.table if keep else

@@ -43,7 +43,7 @@ def run(params: Params, args) -> int:
     import pyarrow.parquet as pq
 
     from pipeline.config import load_section
-    from pipeline.curate.labelling import EVIDENCE_COLUMNS, label_evidence
+    from pipeline.curate.labelling import EVIDENCE_COLUMNS, LABEL_ITEM_COLUMNS, label_evidence
     from pipeline.curate.transitions import MISSING, move, render_transitions, transitions
     from pipeline.io import write_json
     from pipeline.probe import ProbeParams, probe
@@ -69,7 +69,7 @@ def run(params: Params, args) -> int:
 
     items = read_items(params.items)
     rows = [r for t in result.evidence.values() for r in t.select(EVIDENCE_COLUMNS).to_pylist()]
-    labelled = label_evidence({c: items[c] for c in ("id", "source", "meta")}, rows, probing, probing.conditions)
+    labelled = label_evidence({c: items[c] for c in LABEL_ITEM_COLUMNS}, rows, probing, probing.conditions)
     after = {lab["id"]: lab["label"] for lab in labelled["labels"]}
     after.update({x["id"]: x["reason"] for x in labelled["excluded"] if x["reason"] != "not_probed"})
     ids = table.column("id").to_pylist()

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.curate.answer_key import compare, expected_label
-from pipeline.curate.label import (FAIL, OPEN, PASS, RULE_VERSION, RuleParams, decide, label_item, label_items,
-                                   p_pass, settle)
+from pipeline.curate.label import (FAIL, OPEN, PASS, RULE_VERSION, RuleParams, blind_ambiguous, decide,
+                                   discount_guesses, label_item, label_items, p_pass, settle)
 
 
-def R(cond, correct, img=0, txt=0, error="", item="a"):
+def R(cond, correct, img=0, txt=0, error="", item="a", saw=False):
     return {"item_id": item, "condition": cond, "correct": correct, "n_image_search": img, "n_text_search": txt,
-            "error": error}
+            "error": error, "saw_image": saw}
 
 
 def many(cond, n_right, n_wrong, **kw):
@@ -37,7 +37,7 @@ def test_posterior_and_decisions():
 def test_cascade_gives_the_cheapest_sufficient_condition():
     free = label_item("a", many("closed_book", 2, 0) + many("tools", 0, 2, img=1))
     assert free["label"] == "search_free" and free["settled_by"] == "closed_book"
-    assert free["rule_version"] == RULE_VERSION and free["pass_rate_closed_book"] == 1.0
+    assert free["rule_version"] == "2" and free["pass_rate_closed_book"] == 1.0  # rule 3 without its guard
     assert math.isnan(free["pass_rate_image_only"]) and math.isnan(free["ci_low_image_only"])
     assert 0 < free["ci_low_closed_book"] < free["ci_high_closed_book"] <= 1
     img = label_item("a", many("closed_book", 0, 2) + many("image_only", 2, 0, img=1))
@@ -88,6 +88,51 @@ def test_settle_for_adaptive_sampling():
     assert settle("tools", many("closed_book", 2, 0)) == OPEN                  # no evidence of that condition
 
 
+def test_blind_ambiguous_finds_question_texts_no_one_answer_fits():
+    items = {"id": list("abcdefg"),
+             "question": ["Which flag is shown?", "which  FLAG is shown?", "Which flag is shown?",
+                          "Capital of X?", "Capital of X?", "Is it red?", "Solo?"],
+             "answer": ["Chad", "Peru", "Chad", "Paris", "paris", "yes", "no"],
+             "aliases": [[], [], [], [], [], [], []]}
+    assert blind_ambiguous(items) == {"a", "b", "c"}  # case and spacing aside; the same answer twice is no ambiguity
+    items["aliases"][1] = ["chad"]  # Peru's item also accepts "Chad": one answer fits every item, a blind answer may know
+    assert blind_ambiguous(items) == set()
+    assert blind_ambiguous({k: v for k, v in items.items() if k != "aliases"}) == {"a", "b", "c"}
+
+
+def test_discount_guesses_only_blind_answers_without_an_image_search():
+    rs = [R("closed_book", True), R("tools", True, img=1), R("tools", True, txt=1), R("closed_book", True, saw=True),
+          R("closed_book", False), R("closed_book", True, item="b")]
+    out = discount_guesses(rs, {"a"})
+    assert [r["correct"] for r in out] == [False, True, False, True, False, True]
+    assert [bool(r.get("guess")) for r in out] == [True, False, True, False, False, False]
+    assert rs[0]["correct"] is True  # the evidence itself is left as the judge wrote it
+
+
+def test_blind_guess_guard_sends_guesses_on_to_image_search():
+    guard = RuleParams(blind_guesses=True)
+    ev = (many("closed_book", 2, 0) + many("image_only", 0, 2, img=1) + many("text_only", 2, 0, txt=1)
+          + many("tools", 2, 0, img=1, txt=1))
+    assert label_item("a", ev)["label"] == "search_free"  # rule 2: the lucky blind answer settles it
+    assert label_items(ev, ["a"], guard)[0]["label"] == "search_free"  # not an ambiguous item: nothing changes
+    lab = label_items(ev, ["a"], guard, {"a"})[0]
+    assert lab["label"] == "mixed_search_required" and lab["settled_by"] == "tools"
+    assert lab["rule_version"] == RULE_VERSION == "3"
+    assert lab["reason"] == ("closed_book 0/2 fail (2 blind guesses not counted); image_only 0/2 fail; text_only 0/2 "
+                             "fail (2 blind guesses not counted); tools 2/2 pass -> mixed_search_required")
+    assert lab["pass_rate_closed_book"] == 0.0 and lab["pass_rate_tools"] == 1.0
+    # tools: a right answer after a text search alone is a guess too (the text never names the flag)
+    tools = many("tools", 1, 0, img=1) + many("tools", 2, 0, txt=1) + many("tools", 1, 0, img=1, txt=1)
+    assert label_items(tools, ["a"])[0]["label"] == "text_search_required"
+    lab = label_items(tools, ["a"], guard, {"a"})[0]
+    assert lab["label"] == "uncertain" and lab["reason"] == "tools 2/4 open (2 blind guesses not counted) -> uncertain"
+    # a model that saw the image is never second-guessed, and settle (the probe's rounds) applies the same guard
+    seen = many("closed_book", 2, 0, saw=True)
+    assert label_items(seen, ["a"], guard, {"a"})[0]["label"] == "search_free"
+    assert settle("closed_book", many("closed_book", 2, 0), guard, {"a"}) == FAIL
+    assert settle("closed_book", many("closed_book", 2, 0), RuleParams(), {"a"}) == PASS
+
+
 def test_label_items_keeps_order_and_groups():
     ev = many("image_only", 2, 0, img=1, item="b") + many("closed_book", 2, 0, item="a")
     labs = label_items(ev, ["a", "b", "c"])
@@ -112,37 +157,52 @@ def test_answer_key_report():
         expected_label("telepathy", False)
 
 
-def test_label_stage_counts_in_equal_out_plus_excluded(tmp_path):
+def _write_probe(tmp_path, items, ev) -> None:
+    """items (id, question, answer, need) and rollouts `ev` as the probe stage writes them, under tmp_path."""
     import datasets
-    import pyarrow.parquet as pq
 
-    from pipeline.io import read_json
-    from pipeline.schema import LABEL_FEATURES, ROLLOUT_FEATURES, write_items, write_table
-    from stages.label import Params, run
+    from pipeline.schema import ROLLOUT_FEATURES, write_items, write_table
 
-    keys = {"a": "none", "b": "image", "c": "text", "d": "mixed", "e": "none"}
-    items = [{"id": i, "image": None, "image_sha1": "", "question": "q?", "answer": "x", "aliases": [],
-              "source": "demo", "category": "c", "license": "MIT", "entity": "",
-              "meta": json.dumps({"expected_need": keys[i]})} for i in "abcde"]
-    write_items(items, tmp_path / "items.parquet")
+    write_items([{"id": i, "image": None, "image_sha1": "", "question": q, "answer": a, "aliases": [],
+                  "source": "demo", "category": "c", "license": "MIT", "entity": "",
+                  "meta": json.dumps({"expected_need": need})} for i, q, a, need in items], tmp_path / "items.parquet")
     base = {k: None for k in ROLLOUT_FEATURES}
-    ev = (many("closed_book", 2, 0, item="a") + many("closed_book", 0, 2, item="b") + many("closed_book", 0, 2, item="c")
-          + many("closed_book", 1, 1, item="d") + many("image_only", 2, 0, img=1, item="b")
-          + many("image_only", 0, 2, img=1, item="c"))
-    for cond in ("closed_book", "image_only"):
+    for cond in sorted({r["condition"] for r in ev}):
         rows = [{**base, "rollout_id": f"{r['item_id']}/{cond}/{i}", "sample": i, "model": "m", "protocol": "p",
-                 "saw_image": False, "messages": "[]", "actions": ["answer"], "tool_calls": "[]", "final_answer": "",
+                 "messages": "[]", "actions": ["answer"], "tool_calls": "[]", "final_answer": "",
                  "judge": "em", "valid_format": True, "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.0,
                  "search_count": 0, **r} for i, r in enumerate(x for x in ev if x["condition"] == cond)]
         write_table(datasets.Dataset.from_list(rows, features=ROLLOUT_FEATURES).data.table,
                     tmp_path / "probe" / cond / "evidence.parquet")
+
+
+def _run_label(tmp_path, **rule) -> dict:
+    """Runs the label stage on _write_probe's files; returns {id: label} of the kept labels."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import LABEL_FEATURES
+    from stages.label import Params, run
+
     params = Params(items=str(tmp_path / "items.parquet"), probe_dir=str(tmp_path / "probe"),
-                    out_dir=str(tmp_path / "label"))
-    assert run(params, SimpleNamespace()) == 0  # text_only and tools have no evidence: skipped
+                    out_dir=str(tmp_path / "label"), **rule)
+    assert run(params, SimpleNamespace()) == 0  # conditions without evidence are skipped
     labels = datasets.Dataset(pq.read_table(tmp_path / "label" / "labels.parquet"))
     assert labels.features["label"] == LABEL_FEATURES["label"]
-    assert dict(zip(labels["id"], labels.features["label"].int2str(labels["label"]))) == {
-        "a": "search_free", "b": "image_search_required"}
+    return dict(zip(labels["id"], labels.features["label"].int2str(labels["label"])))
+
+
+def test_label_stage_counts_in_equal_out_plus_excluded(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.io import read_json
+
+    keys = {"a": "none", "b": "image", "c": "text", "d": "mixed", "e": "none"}
+    ev = (many("closed_book", 2, 0, item="a") + many("closed_book", 0, 2, item="b") + many("closed_book", 0, 2, item="c")
+          + many("closed_book", 1, 1, item="d") + many("image_only", 2, 0, img=1, item="b")
+          + many("image_only", 0, 2, img=1, item="c"))
+    _write_probe(tmp_path, [(i, "q?", "x", keys[i]) for i in "abcde"], ev)
+    assert _run_label(tmp_path) == {"a": "search_free", "b": "image_search_required"}
     excl = pq.read_table(tmp_path / "label" / "exclusions.parquet").to_pylist()
     assert {(e["id"], e["reason"]) for e in excl} == {("c", "unanswerable"), ("d", "uncertain"), ("e", "not_probed")}
     m = read_json(tmp_path / "label" / "metrics.json")
@@ -154,6 +214,27 @@ def test_label_stage_counts_in_equal_out_plus_excluded(tmp_path):
     confusion = read_json(tmp_path / "label" / "key_confusion.json")
     assert {r["id"]: (r["expected"], r["label"]) for r in confusion}["c"] == ("text_search_required", "unanswerable")
     assert (tmp_path / "label" / "plots" / "key_confusion.png").stat().st_size > 1000
+
+
+def test_label_stage_blind_guess_guard_fixes_a_lucky_guess(tmp_path):
+    """Two flags share one question text: the text-only labeler's closed-book "Chad" is right for one of them by
+    luck. Rule 2 labels it search_free (against the key); rule 3 sends it to image search, as the key says."""
+    from pipeline.io import read_json
+
+    items = [("a", "Which flag is shown?", "Chad", "image"), ("b", "Which  flag is shown?", "Peru", "image"),
+             ("c", "Capital of France?", "Paris", "none")]
+    ev = (many("closed_book", 2, 0, item="a") + many("closed_book", 0, 2, item="b")
+          + many("closed_book", 2, 0, item="c") + many("image_only", 2, 0, img=1, item="a")
+          + many("image_only", 2, 0, img=1, item="b"))
+    _write_probe(tmp_path, items, ev)
+    assert _run_label(tmp_path) == {"a": "search_free", "b": "image_search_required", "c": "search_free"}
+    m = read_json(tmp_path / "label" / "metrics.json")
+    assert (m["rule_version"], m["blind_ambiguous_items"], m["answer_key"]["correct"]) == ("2", 0, 2)
+    assert _run_label(tmp_path, blind_guesses=True) == {"a": "image_search_required", "b": "image_search_required",
+                                                        "c": "search_free"}
+    m = read_json(tmp_path / "label" / "metrics.json")
+    assert (m["rule_version"], m["blind_ambiguous_items"], m["blind_guesses_discounted"]) == ("3", 2, 2)
+    assert m["answer_key"]["correct"] == 3
 
 
 def test_transitions_count_moves_across_the_search_boundary():
@@ -177,3 +258,17 @@ def test_transitions_count_moves_across_the_search_boundary():
         transitions({"a": "unanswerable"}, {})
     empty = transitions({}, {"zz": "search_free"})  # an empty test split: zeros, and a table that still renders
     assert empty["items"] == 0 and empty["moved_across_boundary_share"] == 0.0 and "0 of 0" in render_transitions(empty)
+
+
+def test_the_guard_is_part_of_the_probe_fingerprint(tmp_path):
+    """A probe with the guard plays other cascades, so it must not reuse a rule-2 run's parts (and vice versa)."""
+    import dataclasses
+
+    from pipeline.probe import ProbeParams, fingerprint
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    off = ProbeParams()
+    fp = lambda p: fingerprint(p, str(tmp_path / "model"), ["a", "b"])  # noqa: E731
+    assert fp(off) != fp(dataclasses.replace(off, blind_guesses=True))
+    assert fp(off) == fp(dataclasses.replace(off, out_dir="elsewhere"))  # output places are not part of it

@@ -16,6 +16,14 @@ A condition that fails sends the item on to the next one; every probed condition
 condition left open (its samples used up) before any pass gives `uncertain`. Both are excluded downstream with the
 reason. Conditions that were not probed are skipped (e.g. the classic closed_book + tools pair).
 
+Rule "3" is rule 2 with the blind-guess guard (`label_rule.blind_guesses`): a labeler that does not see the image
+(a text-only model, `saw_image` false) reads only the question text, and where items with the same question text
+have no answer in common (`blind_ambiguous`: "Which country's flag is shown?"), a right answer from that text alone
+is a guess, not knowledge: identical input cannot know different answers. Such a rollout counts as correct only when
+it looked the image up (an image search ran); so closed_book and text_only cannot pass on these items and the
+cascade goes on to image search. The evidence keeps the judge's verdict; only the rule discounts (`discount_guesses`),
+and the reason says how many rollouts it discounted. Without the guard the rule is rule 2 and labels say so.
+
 Each label carries, per probed condition, the pass rate and a central `interval` Beta credible interval, the
 condition that settled it, and a confidence: the posterior probability of every step taken (P(fail) of each
 condition passed over times P(pass) of the deciding one). Engine failures are not counted; tool failures are (the
@@ -26,12 +34,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter, defaultdict
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from pipeline.config import param
 from pipeline.schema import CONDITIONS
 
-RULE_VERSION = "2"
+RULE_VERSION = "3"  # rule 2 + the blind-guess guard; with the guard off labels record "2"
 CASCADE = ("closed_book", "image_only", "text_only", "tools")
 CONDITION_LABEL = {"closed_book": "search_free", "image_only": "image_search_required",
                    "text_only": "text_search_required"}
@@ -51,6 +59,9 @@ class RuleParams:
     confidence: float = param(0.8, help="posterior probability that settles a condition as pass or fail "
                               "(P(p >= threshold) or P(p < threshold) under Beta(s+1, n-s+1))")
     interval: float = param(0.9, help="width of the credible interval reported per condition")
+    blind_guesses: bool = param(False, help="rule 3: a rollout that did not see the image, of an item whose question "
+                                "text other items share with no answer in common, counts as correct only if it ran "
+                                "an image search (its right answer is otherwise a guess); false: rule 2")
 
     def validate(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -59,6 +70,38 @@ class RuleParams:
             raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
         if not 0.0 < self.interval < 1.0:
             raise ValueError(f"interval must be in (0, 1), got {self.interval}")
+
+
+def rule_version(rule: RuleParams) -> str:
+    """The version the labels of `rule` record: "3" with the blind-guess guard, "2" without."""
+    return RULE_VERSION if rule.blind_guesses else "2"
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
+def blind_ambiguous(items: Mapping[str, Sequence[Any]]) -> set[str]:
+    """Ids of the items whose question text (case and spacing aside) is shared by items with no accepted answer in
+    common (answer and aliases, compared the same way). items: columns id, question, answer and optionally aliases."""
+    aliases = items.get("aliases") or [None] * len(items["id"])
+    accepted: dict[str, list[set[str]]] = defaultdict(list)
+    for q, a, al in zip(items["question"], items["answer"], aliases):
+        accepted[_norm(q)].append({_norm(a), *(_norm(x) for x in al or [])})
+    open_texts = {q for q, sets in accepted.items() if len(sets) > 1 and not set.intersection(*sets)}
+    return {i for i, q in zip(items["id"], items["question"]) if _norm(q) in open_texts}
+
+
+def discount_guesses(rollouts: Iterable[Mapping[str, Any]], ambiguous: set[str]) -> list[Mapping[str, Any]]:
+    """The rollouts with `correct` false (and `guess` true) where the answer was a blind guess: the item is in
+    `ambiguous`, the rollout did not see the image and ran no image search. Others are returned as they are."""
+    out = []
+    for r in rollouts:
+        if r["item_id"] in ambiguous and r["correct"] and not r.get("saw_image") \
+                and not int(r.get("n_image_search") or 0):
+            r = {**r, "correct": False, "guess": True}
+        out.append(r)
+    return out
 
 
 def p_pass(correct: int, n: int, threshold: float) -> float:
@@ -116,7 +159,9 @@ def label_item(item_id: str, rollouts: Iterable[Mapping[str, Any]], rule: RulePa
         if not st["n"]:
             continue
         verdict, p = decide(st["correct"], st["n"], rule)
-        steps.append(f"{c} {st['correct']}/{st['n']} {verdict}")
+        guesses = sum(bool(r.get("guess")) for r in by_cond[c])
+        steps.append(f"{c} {st['correct']}/{st['n']} {verdict}" + (f" ({guesses} blind guesses not counted)"
+                                                                      if guesses else ""))
         if verdict == FAIL:
             confidence *= 1.0 - p
             continue
@@ -140,7 +185,7 @@ def label_item(item_id: str, rollouts: Iterable[Mapping[str, Any]], rule: RulePa
     return {
         "id": item_id,
         "label": label,
-        "rule_version": RULE_VERSION,
+        "rule_version": rule_version(rule),
         **{f"pass_rate_{c}": float(stats[c]["rate"]) for c in CONDITIONS},
         **{f"ci_low_{c}": float(stats[c]["lo"]) for c in CONDITIONS},
         **{f"ci_high_{c}": float(stats[c]["hi"]) for c in CONDITIONS},
@@ -152,8 +197,12 @@ def label_item(item_id: str, rollouts: Iterable[Mapping[str, Any]], rule: RulePa
 
 
 def label_items(rollouts: Iterable[Mapping[str, Any]], item_ids: Iterable[str] | None = None,
-                rule: RuleParams | None = None) -> list[dict]:
-    """Labels of every item (in `item_ids` order when given, else first-seen order of the evidence)."""
+                rule: RuleParams | None = None, ambiguous: set[str] = frozenset()) -> list[dict]:
+    """Labels of every item (in `item_ids` order when given, else first-seen order of the evidence); `ambiguous`
+    (`blind_ambiguous` of the items) is read only with `rule.blind_guesses`."""
+    rule = rule or RuleParams()
+    if rule.blind_guesses:
+        rollouts = discount_guesses(rollouts, set(ambiguous))
     grouped: dict[str, list] = defaultdict(list)
     order: list[str] = []
     for r in rollouts:
@@ -164,12 +213,17 @@ def label_items(rollouts: Iterable[Mapping[str, Any]], item_ids: Iterable[str] |
     return [label_item(i, grouped.get(i, []), rule) for i in ids]
 
 
-def settle(condition: str, rollouts: Iterable[Mapping[str, Any]], rule: RuleParams | None = None) -> str:
-    """pass | fail | open for one item's rollouts of `condition` (what adaptive probing asks after each round)."""
+def settle(condition: str, rollouts: Iterable[Mapping[str, Any]], rule: RuleParams | None = None,
+           ambiguous: set[str] = frozenset()) -> str:
+    """pass | fail | open for one item's rollouts of `condition` (what adaptive probing asks after each round);
+    `ambiguous` as in `label_items`."""
     rule = rule or RuleParams()
+    if rule.blind_guesses:
+        rollouts = discount_guesses(rollouts, set(ambiguous))
     rs = [r for r in _counted(rollouts) if r["condition"] == condition]
     return decide(sum(bool(r["correct"]) for r in rs), len(rs), rule)[0] if rs else OPEN
 
 
-__all__ = ["CASCADE", "FAIL", "KIND_LABEL", "OPEN", "PASS", "RULE_VERSION", "RuleParams", "credible_interval",
-           "decide", "label_item", "label_items", "p_pass", "search_kind", "settle"]
+__all__ = ["CASCADE", "FAIL", "KIND_LABEL", "OPEN", "PASS", "RULE_VERSION", "RuleParams", "blind_ambiguous",
+           "credible_interval", "decide", "discount_guesses", "label_item", "label_items", "p_pass", "rule_version",
+           "search_kind", "settle"]

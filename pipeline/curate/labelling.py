@@ -12,6 +12,8 @@ import math
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
+# What label_evidence reads of the items (question, answer and aliases for the blind-guess guard).
+LABEL_ITEM_COLUMNS = ("id", "source", "meta", "question", "answer", "aliases")
 EVIDENCE_COLUMNS = ["item_id", "condition", "correct", "n_image_search", "n_text_search", "error", "model", "saw_image"]
 WHY = {
     "unanswerable": "no probed condition passed under rule {rule} (a stronger labeler, more samples or better search "
@@ -23,19 +25,22 @@ WHY = {
 
 def label_evidence(items: Mapping[str, Sequence[Any]], evidence: list[dict], rule: Any,
                    conditions: Sequence[str]) -> dict:
-    """items: columns id, source, meta; evidence: rollout rows (EVIDENCE_COLUMNS). Returns {"labels", "excluded",
+    """items: columns id, source, meta (and question, answer, aliases for the blind-guess guard of
+    `rule.blind_guesses`); evidence: rollout rows (EVIDENCE_COLUMNS). Returns {"labels", "excluded",
     "reference": (metrics, rows), "answer_key": (metrics, rows), "metrics"}."""
     from pipeline.curate import answer_key, reference
-    from pipeline.curate.label import RULE_VERSION, label_items
+    from pipeline.curate.label import blind_ambiguous, discount_guesses, label_items, rule_version
     from pipeline.io import exclusion
     from pipeline.schema import LABELS
 
     ids, sources = list(items["id"]), dict(zip(items["id"], items["source"]))
     probed = {r["item_id"] for r in evidence}
-    labels = label_items(evidence, [i for i in ids if i in probed], rule)
+    ambiguous = blind_ambiguous(items) if rule.blind_guesses else set()
+    labels = label_items(evidence, [i for i in ids if i in probed], rule, ambiguous)
+    version = rule_version(rule)
     keep = [lab for lab in labels if lab["label"] not in WHY]
     excluded = [exclusion(lab["id"], "label", sources.get(lab["id"], ""), lab["label"],
-                          f"item {lab['id']}: {lab['reason']}; " + WHY[lab["label"]].format(rule=RULE_VERSION),
+                          f"item {lab['id']}: {lab['reason']}; " + WHY[lab["label"]].format(rule=version),
                           {k: v for k, v in lab.items() if k != "label"})
                 for lab in labels if lab["label"] in WHY]
     excluded += [exclusion(i, "label", sources.get(i, ""), "not_probed",
@@ -54,7 +59,10 @@ def label_evidence(items: Mapping[str, Sequence[Any]], evidence: list[dict], rul
         return round(sum(vals) / len(vals), 4) if vals else None
 
     metrics = {
-        "rule_version": RULE_VERSION,
+        "rule_version": version,
+        # the guard's reach: items whose question text alone cannot know the answer, right blind answers discounted
+        "blind_ambiguous_items": len(ambiguous & probed),
+        "blind_guesses_discounted": sum(bool(r.get("guess")) for r in discount_guesses(evidence, ambiguous)),
         "items_in": len(ids),
         "probed": n,
         "labelled": len(keep),
@@ -73,4 +81,4 @@ def label_evidence(items: Mapping[str, Sequence[Any]], evidence: list[dict], rul
     return {"labels": keep, "excluded": excluded, "reference": ref, "answer_key": key, "metrics": metrics}
 
 
-__all__ = ["EVIDENCE_COLUMNS", "label_evidence"]
+__all__ = ["EVIDENCE_COLUMNS", "LABEL_ITEM_COLUMNS", "label_evidence"]
