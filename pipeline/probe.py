@@ -13,8 +13,9 @@ one that image search settles is never text-searched. With `adaptive`, each cond
 (`first_round`, then `round_size` more) only for the items whose verdict is still open, up to `samples` (K); without
 it every item gets K rollouts per condition it reaches. So samples are spent only where a label is not settled yet.
 With the rule's blind-guess guard (`label_rule.blind_guesses`), the items whose question text alone cannot know the
-answer are found once over the whole item file (`blind_ambiguous`), and their blind right answers without an image
-search do not settle a condition as pass, in the cascade exactly as in the label stage.
+answer are found once over the whole item file (`blind_ambiguous`; a caller may give the set found over a larger
+population, as the reprobe stage does), and their blind right answers without an image search do not settle a
+condition as pass, in the cascade exactly as in the label stage.
 
 A batch's rollouts depend only on its items, the parameters and the seed (the engine's sampler is re-seeded per call
 and its prefix cache emptied per batch), so a killed run started again, or the same run over shards, gives the same
@@ -108,8 +109,9 @@ def select_items(ids: list[str], max_items: int, seed: int) -> list[int]:
     return sorted(ranked[:max_items])
 
 
-def fingerprint(params: ProbeParams, model_path: str, item_ids: list[str]) -> str:
-    """Everything that shapes the rollouts (output locations excluded)."""
+def fingerprint(params: ProbeParams, model_path: str, item_ids: list[str], guarded: set[str] = frozenset()) -> str:
+    """Everything that shapes the rollouts (output locations excluded); `guarded`: the chosen items the blind-guess
+    guard watches."""
     from pipeline.runs import fingerprint as fp, path_digest
 
     keep = dataclasses.asdict(params)
@@ -118,7 +120,8 @@ def fingerprint(params: ProbeParams, model_path: str, item_ids: list[str]) -> st
     keep["engine"] = {k: keep["engine"][k] for k in ("kind", "dtype", "seed_mode")}
     if not keep["blind_guesses"]:  # rule 2 runs keep the fingerprint (and the parts) they had before the guard existed
         keep.pop("blind_guesses")
-    return fp({"params": keep, "model": path_digest(model_path), "items": fp(item_ids)})
+        return fp({"params": keep, "model": path_digest(model_path), "items": fp(item_ids)})
+    return fp({"params": keep, "model": path_digest(model_path), "items": fp(item_ids), "guarded": sorted(guarded)})
 
 
 def probe_condition_rounds(engine, protocol, tools, items: list[dict], condition: str, params: ProbeParams,
@@ -207,9 +210,11 @@ def rows_table(rows: list[dict]):
 
 
 def probe(params: ProbeParams, make_tools: Callable[[], Any], shard: tuple[int, int] = (0, 1),
-          log: Callable[[str], None] = print) -> ProbeRun:
+          log: Callable[[str], None] = print, ambiguous: set[str] | None = None) -> ProbeRun:
     """This shard's missing batches, then (when every batch exists) the evidence per condition and the metrics.
-    `make_tools()` builds the search tools; it is called (once) only when a condition with tools is played."""
+    `make_tools()` builds the search tools; it is called (once) only when a condition with tools is played.
+    `ambiguous`: the blind-guess guard's items (default: `blind_ambiguous` of the item file); read only with the
+    guard on."""
     import functools
 
     import datasets
@@ -223,11 +228,13 @@ def probe(params: ProbeParams, make_tools: Callable[[], Any], shard: tuple[int, 
     ds = read_items(params.items).cast_column("image", datasets.Image(decode=False))
     ids = ds["id"]
     chosen = select_items(ids, params.max_items, params.seed)
-    ambiguous = blind_ambiguous({c: ds[c] for c in ("id", "question", "answer", "aliases")}) \
-        if params.blind_guesses else set()
+    if not params.blind_guesses:
+        ambiguous = set()
+    elif ambiguous is None:
+        ambiguous = blind_ambiguous({c: ds[c] for c in ("id", "question", "answer", "aliases")})
     batches = [chosen[i:i + params.batch_items] for i in range(0, len(chosen), params.batch_items)]
     model_path = resolve_model(params.model)
-    fp = fingerprint(params, model_path, [ids[i] for i in chosen])
+    fp = fingerprint(params, model_path, [ids[i] for i in chosen], {ids[i] for i in chosen} & ambiguous)
     run = Run(Path(params.parts_dir), fp, range(len(batches)), name=lambda b: f"batch-{b:05d}",
               shard=shard).start({"model": model_path, "params": dataclasses.asdict(params)})
     mine, todo = run.mine(), run.todo()

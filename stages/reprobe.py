@@ -4,7 +4,8 @@ Reads:  <items> (data/balance/test.parquet: item columns + the split's `label_co
         (data/train/model); the `probe:` section (cascade, samples, adaptive rounds, engine, sampling: the re-probe
         runs exactly the probe the labels came from, only the model and the items differ), the `rollout:`,
         `label_rule:` and `search:` sections. The search cache is only read: searches go through a private copy
-        in <parts_dir> (as the evaluate stage's).
+        in <parts_dir> (as the evaluate stage's). With the blind-guess guard, the probe's items (probe.items,
+        data/dedup/items.parquet) are the population whose question texts are compared, as when the labels were made.
 Writes: <out_dir>/<condition>/evidence.parquet (every rollout, as the probe stage writes it);
         <out_dir>/labels.parquet (id, before, after, moved: across = search_free <-> search-required, kind = another
         kind of search, out = unanswerable/uncertain, same); <out_dir>/metrics.json (the transitions of
@@ -43,6 +44,7 @@ def run(params: Params, args) -> int:
     import pyarrow.parquet as pq
 
     from pipeline.config import load_section
+    from pipeline.curate.label import blind_ambiguous
     from pipeline.curate.labelling import EVIDENCE_COLUMNS, LABEL_ITEM_COLUMNS, label_evidence
     from pipeline.curate.transitions import MISSING, move, render_transitions, transitions
     from pipeline.io import write_json
@@ -56,20 +58,24 @@ def run(params: Params, args) -> int:
         print(f"error: {params.items} has no column {params.label_column!r} (reprobe.label_column); give the split "
               "the balance stage wrote, or name its label column")
         return 2
-    probing = dataclasses.replace(load_section(ProbeParams, "probe", args.params), items=params.items,
+    section = load_section(ProbeParams, "probe", args.params)
+    # the guard compares question texts over the population the labels were made on, not the test split alone
+    population = read_items(section.items) if section.blind_guesses else None
+    ambiguous = blind_ambiguous({c: population[c] for c in LABEL_ITEM_COLUMNS}) if population is not None else set()
+    probing = dataclasses.replace(section, items=params.items,
                                   model=params.model, max_items=params.max_items, out_dir=params.out_dir,
                                   parts_dir=params.parts_dir, workers=1)
     # Searches go through a private copy of the cache: the shared one is a dependency of train and publish, which
     # ran before this stage, so writing it would make them stale.
     search = private_copy(load_section(SearchParams, "search", args.params), params.parts_dir)
-    result = probe(probing, lambda: SearchTools.from_params(search))
+    result = probe(probing, lambda: SearchTools.from_params(search), ambiguous=ambiguous)
     out = Path(params.out_dir)
     for condition, evidence in result.evidence.items():
         write_table(evidence, out / condition / "evidence.parquet")
 
     items = read_items(params.items)
     rows = [r for t in result.evidence.values() for r in t.select(EVIDENCE_COLUMNS).to_pylist()]
-    labelled = label_evidence({c: items[c] for c in LABEL_ITEM_COLUMNS}, rows, probing, probing.conditions)
+    labelled = label_evidence({c: items[c] for c in LABEL_ITEM_COLUMNS}, rows, probing, probing.conditions, ambiguous)
     after = {lab["id"]: lab["label"] for lab in labelled["labels"]}
     after.update({x["id"]: x["reason"] for x in labelled["excluded"] if x["reason"] != "not_probed"})
     ids = table.column("id").to_pylist()

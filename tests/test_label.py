@@ -15,7 +15,7 @@ from pipeline.curate.label import (FAIL, OPEN, PASS, RULE_VERSION, RuleParams, b
 
 def R(cond, correct, img=0, txt=0, error="", item="a", saw=False):
     return {"item_id": item, "condition": cond, "correct": correct, "n_image_search": img, "n_text_search": txt,
-            "error": error, "saw_image": saw}
+            "error": error, "saw_image": saw, "model": "m"}
 
 
 def many(cond, n_right, n_wrong, **kw):
@@ -95,7 +95,7 @@ def test_blind_ambiguous_finds_question_texts_no_one_answer_fits():
              "answer": ["Chad", "Peru", "Chad", "Paris", "paris", "yes", "no"],
              "aliases": [[], [], [], [], [], [], []]}
     assert blind_ambiguous(items) == {"a", "b", "c"}  # case and spacing aside; the same answer twice is no ambiguity
-    items["aliases"][1] = ["chad"]  # Peru's item also accepts "Chad": one answer fits every item, a blind answer may know
+    items["aliases"][1] = ["chad"]  # Peru's item also accepts "Chad": one answer fits all, a blind answer may know
     assert blind_ambiguous(items) == set()
     assert blind_ambiguous({k: v for k, v in items.items() if k != "aliases"}) == {"a", "b", "c"}
 
@@ -270,5 +270,26 @@ def test_the_guard_is_part_of_the_probe_fingerprint(tmp_path):
     (tmp_path / "model" / "config.json").write_text("{}")
     off = ProbeParams()
     fp = lambda p: fingerprint(p, str(tmp_path / "model"), ["a", "b"])  # noqa: E731
-    assert fp(off) != fp(dataclasses.replace(off, blind_guesses=True))
+    on = dataclasses.replace(off, blind_guesses=True)
+    assert fp(off) != fp(on)
     assert fp(off) == fp(dataclasses.replace(off, out_dir="elsewhere"))  # output places are not part of it
+    watched = lambda g: fingerprint(on, str(tmp_path / "model"), ["a", "b"], g)  # noqa: E731
+    assert watched({"a"}) != watched(set()) == fp(on)  # which items the guard watches shapes the cascade
+    assert fingerprint(off, str(tmp_path / "model"), ["a", "b"], {"a"}) == fp(off)  # read only with the guard
+
+
+def test_label_evidence_takes_the_guards_items_from_a_larger_population():
+    """The reprobe labels the test split alone, where a shared question text may have one item left: the guard's
+    items then come from the population the labels were made on."""
+    from pipeline.curate.labelling import label_evidence
+
+    items = {"id": ["a"], "source": ["demo"], "meta": ["{}"], "question": ["Which flag is shown?"], "answer": ["Chad"],
+             "aliases": [[]]}
+    ev = many("closed_book", 2, 0) + many("image_only", 2, 0, img=1)
+    guard = RuleParams(blind_guesses=True)
+
+    def labels(**kw):
+        return [lab["label"] for lab in label_evidence(items, ev, guard, ["closed_book"], **kw)["labels"]]
+
+    assert labels() == ["search_free"]  # one item: its text alone shows no ambiguity
+    assert labels(ambiguous={"a"}) == ["image_search_required"]

@@ -24,10 +24,11 @@ WHY = {
 
 
 def label_evidence(items: Mapping[str, Sequence[Any]], evidence: list[dict], rule: Any,
-                   conditions: Sequence[str]) -> dict:
+                   conditions: Sequence[str], ambiguous: set[str] | None = None) -> dict:
     """items: columns id, source, meta (and question, answer, aliases for the blind-guess guard of
-    `rule.blind_guesses`); evidence: rollout rows (EVIDENCE_COLUMNS). Returns {"labels", "excluded",
-    "reference": (metrics, rows), "answer_key": (metrics, rows), "metrics"}."""
+    `rule.blind_guesses`, whose items are `blind_ambiguous(items)` unless `ambiguous` gives them); evidence: rollout
+    rows (EVIDENCE_COLUMNS). Returns {"labels", "excluded", "reference": (metrics, rows), "answer_key": (metrics,
+    rows), "metrics"}."""
     from pipeline.curate import answer_key, reference
     from pipeline.curate.label import blind_ambiguous, discount_guesses, label_items, rule_version
     from pipeline.io import exclusion
@@ -35,7 +36,7 @@ def label_evidence(items: Mapping[str, Sequence[Any]], evidence: list[dict], rul
 
     ids, sources = list(items["id"]), dict(zip(items["id"], items["source"]))
     probed = {r["item_id"] for r in evidence}
-    ambiguous = blind_ambiguous(items) if rule.blind_guesses else set()
+    ambiguous = set() if not rule.blind_guesses else blind_ambiguous(items) if ambiguous is None else set(ambiguous)
     labels = label_items(evidence, [i for i in ids if i in probed], rule, ambiguous)
     version = rule_version(rule)
     keep = [lab for lab in labels if lab["label"] not in WHY]
