@@ -18,8 +18,9 @@ inherits another's override; `--set` overrides apply to all runs (the training a
 runs last, so the workspace ends on it (with the `--set` budget: `git checkout params.yaml dvc.lock && dvc checkout`
 returns to the commit); `dvc exp show` lists the runs.
 
-After each run it copies data/evaluate/metrics.json and table.md (as evaluation.md), data/train/curves.tsv and the
-train and reprobe metrics to <out>/<run>/, and at the end writes
+After each run it copies data/evaluate/metrics.json, table.md (as evaluation.md) and rollouts.parquet,
+data/train/curves.tsv and the train and reprobe metrics to <out>/<run>/ (`bench/claim_compare.py A B` tells whether a
+re-run reproduced them), and at the end writes
 <out>/table.md (one row per run: the trained policy's on-demand accuracy and search ratio with 95% intervals, RAG's
 (the base model's workflow unless the trained model is played in RAG mode too), the search cut vs RAG, the accuracy
 gap, over-search on search-free items vs the base labeler (by the labels, and by the demo world's answer key where the
@@ -67,8 +68,10 @@ RUNS = {
 COPIED = {"data/evaluate/metrics.json": "metrics.json", "data/train/curves.tsv": "curves.tsv",
           "data/train/metrics.json": "train_metrics.json",
           "data/reprobe/metrics.json": "reprobe.json",
-          "data/evaluate/table.md": "evaluation.md"}  # kept per run under <out>/<run>/ (evaluation.md: the full
-# report, with what the policy did per label)
+          "data/evaluate/table.md": "evaluation.md",
+          "data/evaluate/rollouts.parquet": "rollouts.parquet"}  # kept per run under <out>/<run>/ (evaluation.md: the
+# full report, with what the policy did per label; rollouts.parquet: every evaluation trajectory, which
+# bench/claim_compare.py compares between a run and its re-run)
 # Budgets (--profile): `cpu` fits 2 CPU cores: 12 GRPO steps of 2 prompts x 4 rollouts at a learning rate 15x the
 # demo's, 14-24 minutes per run (the penalty runs still collapse, bench/RESULTS.md); `gpu` is the params.yaml GPU
 # profile (a real VLM, the whole train split, 8 rollouts per prompt, LoRA): run it on a GPU machine after setting the
