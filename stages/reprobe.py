@@ -59,6 +59,11 @@ def run(params: Params, args) -> int:
               "the balance stage wrote, or name its label column")
         return 2
     section = load_section(ProbeParams, "probe", args.params)
+    if section.blind_guesses and not Path(section.items).exists():
+        print(f"error: the blind-guess guard (label_rule.blind_guesses) compares question texts over the probe's items, "
+              f"and probe.items ({section.items}) does not exist; run the dedup stage, point probe.items at the file "
+              "the labels were made from, or set label_rule.blind_guesses: false")
+        return 2
     # the guard compares question texts over the population the labels were made on, not the test split alone
     population = read_items(section.items) if section.blind_guesses else None
     ambiguous = blind_ambiguous({c: population[c] for c in LABEL_ITEM_COLUMNS}) if population is not None else set()

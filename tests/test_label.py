@@ -35,7 +35,7 @@ def test_posterior_and_decisions():
 
 
 def test_cascade_gives_the_cheapest_sufficient_condition():
-    free = label_item("a", many("closed_book", 2, 0) + many("tools", 0, 2, img=1))
+    free = label_item("a", many("closed_book", 2, 0) + many("tools", 0, 2, img=1), RuleParams(blind_guesses=False))
     assert free["label"] == "search_free" and free["settled_by"] == "closed_book"
     assert free["rule_version"] == "2" and free["pass_rate_closed_book"] == 1.0  # rule 3 without its guard
     assert math.isnan(free["pass_rate_image_only"]) and math.isnan(free["ci_low_image_only"])
@@ -130,7 +130,7 @@ def test_blind_guess_guard_sends_guesses_on_to_image_search():
     seen = many("closed_book", 2, 0, saw=True)
     assert label_items(seen, ["a"], guard, {"a"})[0]["label"] == "search_free"
     assert settle("closed_book", many("closed_book", 2, 0), guard, {"a"}) == FAIL
-    assert settle("closed_book", many("closed_book", 2, 0), RuleParams(), {"a"}) == PASS
+    assert settle("closed_book", many("closed_book", 2, 0), RuleParams(blind_guesses=False), {"a"}) == PASS
 
 
 def test_label_items_keeps_order_and_groups():
@@ -227,10 +227,11 @@ def test_label_stage_blind_guess_guard_fixes_a_lucky_guess(tmp_path):
           + many("closed_book", 2, 0, item="c") + many("image_only", 2, 0, img=1, item="a")
           + many("image_only", 2, 0, img=1, item="b"))
     _write_probe(tmp_path, items, ev)
-    assert _run_label(tmp_path) == {"a": "search_free", "b": "image_search_required", "c": "search_free"}
+    assert _run_label(tmp_path, blind_guesses=False) == {"a": "search_free", "b": "image_search_required",
+                                                         "c": "search_free"}
     m = read_json(tmp_path / "label" / "metrics.json")
     assert (m["rule_version"], m["blind_ambiguous_items"], m["answer_key"]["correct"]) == ("2", 0, 2)
-    assert _run_label(tmp_path, blind_guesses=True) == {"a": "image_search_required", "b": "image_search_required",
+    assert _run_label(tmp_path) == {"a": "image_search_required", "b": "image_search_required",
                                                         "c": "search_free"}
     m = read_json(tmp_path / "label" / "metrics.json")
     assert (m["rule_version"], m["blind_ambiguous_items"], m["blind_guesses_discounted"]) == ("3", 2, 2)
@@ -268,7 +269,7 @@ def test_the_guard_is_part_of_the_probe_fingerprint(tmp_path):
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    off = ProbeParams()
+    off = ProbeParams(blind_guesses=False)
     fp = lambda p: fingerprint(p, str(tmp_path / "model"), ["a", "b"])  # noqa: E731
     on = dataclasses.replace(off, blind_guesses=True)
     assert fp(off) != fp(on)
@@ -293,3 +294,18 @@ def test_label_evidence_takes_the_guards_items_from_a_larger_population():
 
     assert labels() == ["search_free"]  # one item: its text alone shows no ambiguity
     assert labels(ambiguous={"a"}) == ["image_search_required"]
+
+
+def test_reprobe_names_the_missing_population_of_the_guard(tmp_path, capsys):
+    """With the guard on, the reprobe reads probe.items (the labels' population); a missing file is a clear error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stages.reprobe import Params, run
+
+    pq.write_table(pa.table({"id": ["a"], "label": ["search_free"]}), tmp_path / "test.parquet")
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(f"probe:\n  items: {tmp_path / 'gone.parquet'}\n")
+    assert run(Params(items=str(tmp_path / "test.parquet")), SimpleNamespace(params=str(pfile))) == 2
+    out = capsys.readouterr().out
+    assert "probe.items" in out and "gone.parquet" in out and "label_rule.blind_guesses: false" in out

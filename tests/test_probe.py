@@ -358,8 +358,8 @@ def test_reprobe_runs_the_probe_and_reports_label_moves(world, warm_text):
     before = {it["id"]: cycle[i % 4] for i, it in enumerate(world.items)}
     pq.write_table(pq.read_table(test_file).append_column("label", pa.array([before[it["id"]] for it in world.items])),
                    test_file)
-    probe = {"samples": 2, "batch_items": 4, "adaptive": {"enabled": True, "first_round": 1, "round_size": 1},
-             "engine": {"kind": "transformers", "max_batch": 8}, "sampling": {"max_tokens": 48, "temperature": 0.5}}
+    probe = {"items": str(test_file), "samples": 2, "batch_items": 4, "engine": {"kind": "transformers", "max_batch": 8},
+             "adaptive": {"enabled": True, "first_round": 1, "round_size": 1}, "sampling": {"max_tokens": 48, "temperature": 0.5}}
     params = {"search": to_dict(world.search), "probe": probe,
               "reprobe": {"items": str(test_file), "model": warm_text, "out_dir": str(world.root / "rp" / "out"),
                           "parts_dir": str(world.root / "rp" / "parts")}}

@@ -59,7 +59,7 @@ class RuleParams:
     confidence: float = param(0.8, help="posterior probability that settles a condition as pass or fail "
                               "(P(p >= threshold) or P(p < threshold) under Beta(s+1, n-s+1))")
     interval: float = param(0.9, help="width of the credible interval reported per condition")
-    blind_guesses: bool = param(False, help="rule 3: a rollout that did not see the image, of an item whose question "
+    blind_guesses: bool = param(True, help="rule 3: a rollout that did not see the image, of an item whose question "
                                 "text other items share with no answer in common, counts as correct only if it ran "
                                 "an image search (its right answer is otherwise a guess); false: rule 2")
 
