@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter, defaultdict
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, ClassVar, Iterable, Mapping, Sequence
 
 from pipeline.config import param
 from pipeline.schema import CONDITIONS
@@ -92,7 +92,7 @@ def blind_ambiguous(items: Mapping[str, Sequence[Any]]) -> set[str]:
     return {i for i, q in zip(items["id"], items["question"]) if _norm(q) in open_texts}
 
 
-def discount_guesses(rollouts: Iterable[Mapping[str, Any]], ambiguous: set[str]) -> list[Mapping[str, Any]]:
+def discount_guesses(rollouts: Iterable[Mapping[str, Any]], ambiguous: AbstractSet[str]) -> list[Mapping[str, Any]]:
     """The rollouts with `correct` false (and `guess` true) where the answer was a blind guess: the item is in
     `ambiguous`, the rollout did not see the image and ran no image search. Others are returned as they are."""
     out = []
@@ -197,12 +197,12 @@ def label_item(item_id: str, rollouts: Iterable[Mapping[str, Any]], rule: RulePa
 
 
 def label_items(rollouts: Iterable[Mapping[str, Any]], item_ids: Iterable[str] | None = None,
-                rule: RuleParams | None = None, ambiguous: set[str] = frozenset()) -> list[dict]:
+                rule: RuleParams | None = None, ambiguous: AbstractSet[str] = frozenset()) -> list[dict]:
     """Labels of every item (in `item_ids` order when given, else first-seen order of the evidence); `ambiguous`
     (`blind_ambiguous` of the items) is read only with `rule.blind_guesses`."""
     rule = rule or RuleParams()
     if rule.blind_guesses:
-        rollouts = discount_guesses(rollouts, set(ambiguous))
+        rollouts = discount_guesses(rollouts, ambiguous)
     grouped: dict[str, list] = defaultdict(list)
     order: list[str] = []
     for r in rollouts:
@@ -214,12 +214,12 @@ def label_items(rollouts: Iterable[Mapping[str, Any]], item_ids: Iterable[str] |
 
 
 def settle(condition: str, rollouts: Iterable[Mapping[str, Any]], rule: RuleParams | None = None,
-           ambiguous: set[str] = frozenset()) -> str:
+           ambiguous: AbstractSet[str] = frozenset()) -> str:
     """pass | fail | open for one item's rollouts of `condition` (what adaptive probing asks after each round);
     `ambiguous` as in `label_items`."""
     rule = rule or RuleParams()
     if rule.blind_guesses:
-        rollouts = discount_guesses(rollouts, set(ambiguous))
+        rollouts = discount_guesses(rollouts, ambiguous)
     rs = [r for r in _counted(rollouts) if r["condition"] == condition]
     return decide(sum(bool(r["correct"]) for r in rs), len(rs), rule)[0] if rs else OPEN
 
