@@ -1,6 +1,6 @@
 """Is a claim experiment reproduced? Compares two output folders of bench/claim_experiment.py, run by run.
 
-    python bench/claim_compare.py bench/claim6 <rerun-out> [--runs baseline,no_penalty] [--tolerance 0.5]
+    python bench/claim_compare.py bench/claim7 <rerun-out> [--runs baseline,no_penalty] [--tolerance 0.5]
 
 For every run in both folders (or the `--runs` named), it compares
   metrics.json   every figure of the evaluation (the comparison table's rows are read from it), as numbers within
@@ -92,7 +92,7 @@ def minutes(folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("first", type=Path, help="a claim_experiment.py output folder (e.g. bench/claim6)")
+    ap.add_argument("first", type=Path, help="a claim_experiment.py output folder (e.g. bench/claim7)")
     ap.add_argument("second", type=Path, help="another one (e.g. the re-run's --out)")
     ap.add_argument("--runs", default="", help="comma-separated runs to compare (default: every run in both)")
     ap.add_argument("--tolerance", type=float, default=0.0,
