@@ -282,8 +282,7 @@ def test_probe_workers_give_the_same_evidence(world, warm_text):
     if not (out_full / "probe" / "tools" / "evidence.parquet").exists():  # else written by an earlier test
         subprocess.run(cmd_full, cwd=world.root, env=env, check=True, capture_output=True)
     out_w, cmd, env = _probe_env(world, warm_text, "workers")
-    res = subprocess.run(cmd + ["workers=2"], cwd=world.root, env=env, capture_output=True, text=True)
-    # each worker played its own shard; on a failure the workers' own output names the cause
+    res = subprocess.run(cmd + ["workers=2"], cwd=world.root, env=env, capture_output=True, text=True)  # shard per worker
     assert res.returncode == 0 and "shard 0/2" in res.stdout and "shard 1/2" in res.stdout, res.stdout + res.stderr[-4000:]
     assert "shard 0/1: 4 batches already done, 0 to run" in res.stdout  # the merge played nothing itself
     assert _evidence(out_w) == _evidence(out_full)
