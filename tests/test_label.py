@@ -231,8 +231,7 @@ def test_label_stage_blind_guess_guard_fixes_a_lucky_guess(tmp_path):
                                                          "c": "search_free"}
     m = read_json(tmp_path / "label" / "metrics.json")
     assert (m["rule_version"], m["blind_ambiguous_items"], m["answer_key"]["correct"]) == ("2", 0, 2)
-    assert _run_label(tmp_path) == {"a": "image_search_required", "b": "image_search_required",
-                                                        "c": "search_free"}
+    assert _run_label(tmp_path) == {"a": "image_search_required", "b": "image_search_required", "c": "search_free"}
     m = read_json(tmp_path / "label" / "metrics.json")
     assert (m["rule_version"], m["blind_ambiguous_items"], m["blind_guesses_discounted"]) == ("3", 2, 2)
     assert m["answer_key"]["correct"] == 3
