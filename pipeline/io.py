@@ -13,10 +13,11 @@ from pipeline.schema import EXCLUSION_FEATURES, to_json, write_table
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write `obj` as pretty, key-sorted JSON, atomically (readable by `dvc metrics show`)."""
+    """Write `obj` as pretty, key-sorted JSON, atomically (readable by `dvc metrics show`); the temporary file is
+    per process, as in `write_table`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 

@@ -108,10 +108,11 @@ ROW_GROUP_ROWS = 256  # rows per parquet row group of every file write_table wri
 
 
 def write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Atomic, deterministic parquet write (no timestamps in the file, fixed row groups)."""
+    """Atomic, deterministic parquet write (no timestamps in the file, fixed row groups). The temporary file is
+    per process: two processes writing one path (probe shards that finish together) each replace it whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True)
     os.replace(tmp, path)
 

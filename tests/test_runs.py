@@ -149,3 +149,36 @@ def test_dask_map_gives_every_unit_its_own_result(scheduler):
     assert got == {u: runs.fingerprint(u, length=8) for u in units}
     with pytest.raises(ValueError, match="unknown dask scheduler"):
         runs.dask_map("fast")
+
+
+_WRITER = """
+import sys
+import pyarrow as pa
+from pipeline.io import write_json
+from pipeline.schema import write_table
+out = sys.argv[1]
+for i in range(300):
+    write_table(pa.table({"x": list(range(2000))}), out + "/evidence.parquet")
+    write_json({"rollouts": 2000}, out + "/metrics.json")
+"""
+
+
+def test_two_processes_write_one_output_at_once(tmp_path):
+    """Probe shards that finish together both merge and write the evidence: each write replaces the file whole
+    (a temporary file per process; one shared name made the second writer fail, seen as a flaky workers test)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    assert pq.read_table(tmp_path / "evidence.parquet").column("x").to_pylist() == list(range(2000))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"rollouts": 2000}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evidence.parquet", "metrics.json"]  # no temporary left
