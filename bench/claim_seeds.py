@@ -1,4 +1,4 @@
-"""How far does the claim move with the seed? Reads output folders of bench/claim_experiment.py that ran the same runs
+r"""How far does the claim move with the seed? Reads output folders of bench/claim_experiment.py that ran the same runs
 at different `train.seed` (the training subset, the rollouts' sampling and the data order change with it):
 
     python bench/claim_seeds.py bench/claim7 bench/claim7_seed1 bench/claim7_seed2 --labels "seed 0,seed 1,seed 2" \
