@@ -5,11 +5,12 @@ at different `train.seed` (the training subset, the rollouts' sampling and the d
         [--runs baseline,no_penalty] [--out bench/claim7_seeds.md]
 
 Prints (and with --out writes) one markdown table: per run and figure the value at each seed, the mean and the range
-(largest minus smallest, in points), then the issue's acceptance checked at each seed:
+(largest minus smallest, in points); where a folder has the sampled evaluation (<run>/sampled/, from `--sampled K`
+or `run_sampled`), the trained policy's over-search minus the labeler's, paired by item with a bootstrap interval
+over items; then the issue's acceptance checked at each seed:
   cut      the paper-penalty run (`baseline`) searches at least 30% less than RAG, at accuracy at most 3 points below;
   gap      `no_penalty`'s search ratio at least 15 points above the baseline's;
-  over     the baseline's greedy over-search on search-free items below the base labeler's (and sampled, where a
-           folder has <run>/sampled/, from `--sampled K` or `run_sampled`).
+  over     the baseline's greedy over-search on search-free items below the base labeler's (and sampled).
 Figures are on-demand search on the test split, from each folder's <run>/metrics.json. Reads the folders; writes
 only --out.
 """
@@ -63,6 +64,27 @@ def values(folders: list[Path], run: str) -> dict[str, list[float | None]]:
     return out
 
 
+def paired_over_search(rollouts: Path) -> dict | None:
+    """Trained minus base labeler over-search on the search-free items of a sampled evaluation, paired by item: the
+    mean per-item difference of search shares with a 95% bootstrap interval over items (an item's samples move
+    together; pipeline/evaluate/metrics.py's resampling), and on how many items each policy searched more."""
+    import pandas as pd
+
+    from pipeline.evaluate.metrics import bootstrap_ratios
+
+    if not rollouts.is_file():
+        return None
+    r = pd.read_parquet(rollouts, columns=["item_id", "model", "label", "search_count"])
+    r = r[(r.label == "search_free") & r.model.isin(["trained", "base"])].assign(searched=lambda d: d.search_count > 0)
+    share = r.groupby(["item_id", "model"]).searched.mean().unstack("model").dropna()
+    if share.empty or not {"trained", "base"} <= set(share.columns):
+        return None
+    diff = (share["trained"] - share["base"]).to_numpy()
+    ci = bootstrap_ratios({"diff": (diff, [1.0] * len(diff))})["diff"]
+    return {"diff": float(diff.mean()), "lo": ci["lo"], "hi": ci["hi"], "items": len(diff),
+            "less": int((diff < 0).sum()), "more": int((diff > 0).sum())}
+
+
 def cell(v: float | None) -> str:
     return "–" if v is None else f"{v * 100:.1f}"
 
@@ -96,6 +118,16 @@ def report(folders: list[Path], labels: list[str], runs: list[str]) -> str:
             if not name.startswith("_"):
                 cells = [cell(v) for v in vs] + list(spread(vs))
                 rows.append(f"| {r} | {name} | " + " | ".join(cells) + " |")
+        paired = [paired_over_search(f / r / "sampled" / "rollouts.parquet") for f in folders]
+        if any(paired):
+            got = [p["diff"] for p in paired if p]
+            cells = [f"{p['diff'] * 100:+.1f} [{p['lo'] * 100:+.0f}, {p['hi'] * 100:+.0f}]" if p else "–" for p in paired]
+            rows.append(f"| {r} | Sampled over-search, trained - labeler, paired by item [95% over items] | "
+                        + " | ".join(cells) + f" | {statistics.mean(got) * 100:+.1f} | "
+                        + (f"{(max(got) - min(got)) * 100:.1f} |" if len(got) > 1 else "– |"))
+            rows.append(f"| {r} | Search-free items the trained policy searched less / more often | "
+                        + " | ".join(f"{p['less']} / {p['more']} of {p['items']}" if p else "–" for p in paired)
+                        + " | | |")
     if "baseline" in per_run:
         rows += ["", "| Acceptance | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         per_seed = [checks(per_run["baseline"], per_run.get("no_penalty"), i) for i in range(len(folders))]

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -51,6 +53,30 @@ def test_figures_per_seed_with_mean_range_and_the_acceptance(tmp_path, capsys):
     assert "| SR >= 30% below RAG, Acc within 3 points | yes | no |" in text
     assert "| no_penalty SR >= 15 points above | yes | no |" in text
     assert "| over-search below the labeler's: greedy / sampled | no / yes | no / – |" in text
+
+
+def test_sampled_over_search_is_paired_by_item(tmp_path):
+    """Per search-free item: the trained policy's search share minus the labeler's; other labels and models are
+    left out, and the interval is over items."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cs = seeds_module()
+    rows = []
+    for i in range(10):  # the labeler searches 1 of 2 samples everywhere; trained 0 of 2 on items 0-5, 2 of 2 on 6
+        for k in range(2):
+            rows.append(("free-%d" % i, "base", "search_free", int(k == 0)))
+            rows.append(("free-%d" % i, "trained", "search_free", 0 if i < 6 else int(i == 6 or k == 0)))
+            rows.append(("req-%d" % i, "trained", "text_search_required", 1))
+            rows.append(("free-%d" % i, "start", "search_free", 1))
+    item, model, label, count = zip(*rows)
+    path = tmp_path / "rollouts.parquet"
+    pq.write_table(pa.table({"item_id": item, "model": model, "label": label, "search_count": count}), path)
+    p = cs.paired_over_search(path)
+    assert (p["items"], p["less"], p["more"]) == (10, 6, 1)
+    assert p["diff"] == pytest.approx((6 * -0.5 + 0.5 + 3 * 0.0) / 10)
+    assert p["lo"] < p["diff"] < p["hi"] < 0.1
+    assert cs.paired_over_search(tmp_path / "none.parquet") is None
 
 
 def test_folders_without_the_runs_are_refused(tmp_path, capsys):
