@@ -97,15 +97,16 @@ def spread(vs: list[float | None]) -> tuple[str, str]:
 
 
 def checks(base: dict, free: dict | None, i: int) -> list[str]:
-    """The acceptance at folder i: cut, gap, over (greedy, then sampled), each 'yes'/'no'/'–'."""
+    """The acceptance at folder i: cut, gap, over (greedy, then sampled: 'equal' where both are the same, as 0 and
+    0 for a labeler that never searches a search-free item greedily), each 'yes'/'no'/'–'."""
     acc, sr, rag, rag_sr = (base[k][i] for k in ("On-demand Acc", "On-demand SR", "RAG Acc", "_RAG SR"))
     yes = {True: "yes", False: "no"}
     cut = "–" if None in (acc, sr, rag) or not rag_sr else yes[1 - sr / rag_sr >= 0.30 and acc >= rag - 0.03]
     gap = "–" if not free or None in (sr, free["On-demand SR"][i]) else yes[free["On-demand SR"][i] - sr >= 0.15]
     over, labeler = base["Over-search"][i], base["Over-search, base labeler"][i]
-    greedy = "–" if None in (over, labeler) else yes[over < labeler]
     s, sb = (base.get(n, [None] * (i + 1))[i] for n, _ in SAMPLED)
-    sampled = "–" if None in (s, sb) else yes[s < sb]
+    greedy, sampled = ("–" if None in (a, b) else "yes" if a < b else "equal" if a == b else "no"
+                       for a, b in ((over, labeler), (s, sb)))
     return [cut, gap, f"{greedy} / {sampled}"]
 
 

@@ -39,7 +39,7 @@ def test_figures_per_seed_with_mean_range_and_the_acceptance(tmp_path, capsys):
     cs = seeds_module()
     write_run(tmp_path / "s0" / "baseline", 0.849, 0.690, 0.10, sampled=(0.225, 0.275))
     write_run(tmp_path / "s0" / "no_penalty", 0.873, 1.0, 1.0)
-    write_run(tmp_path / "s1" / "baseline", 0.70, 0.60, 0.0)  # cuts 40% but 4.6 points below RAG
+    write_run(tmp_path / "s1" / "baseline", 0.70, 0.60, 0.0)  # cuts 40% but 4.6 points below RAG; no over-search
     write_run(tmp_path / "s1" / "no_penalty", 0.87, 0.70, 0.5)  # only 10 points above
     out_file = tmp_path / "seeds.md"
     assert cs.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--labels", "seed 0,seed 1",
@@ -52,7 +52,7 @@ def test_figures_per_seed_with_mean_range_and_the_acceptance(tmp_path, capsys):
     assert "_RAG SR" not in text
     assert "| SR >= 30% below RAG, Acc within 3 points | yes | no |" in text
     assert "| no_penalty SR >= 15 points above | yes | no |" in text
-    assert "| over-search below the labeler's: greedy / sampled | no / yes | no / – |" in text
+    assert "| over-search below the labeler's: greedy / sampled | no / yes | equal / – |" in text
 
 
 def test_sampled_over_search_is_paired_by_item(tmp_path):
