@@ -2,7 +2,7 @@ r"""How far does the claim move with the seed? Reads output folders of bench/cla
 at different `train.seed` (the training subset, the rollouts' sampling and the data order change with it):
 
     python bench/claim_seeds.py bench/claim7 bench/claim7_seed1 bench/claim7_seed2 --labels "seed 0,seed 1,seed 2" \
-        [--runs baseline,no_penalty] [--out bench/claim7_seeds.md]
+        [--runs baseline,no_penalty] [--sampled sampled] [--out bench/claim7_seeds.md]
 
 Prints (and with --out writes) one markdown table: per run and figure the value at each seed, the mean and the range
 (largest minus smallest, in points); where a folder has the sampled evaluation (<run>/sampled/, from `--sampled K`
@@ -48,14 +48,14 @@ def read(folder: Path, run: str, name: str = "metrics.json") -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def values(folders: list[Path], run: str) -> dict[str, list[float | None]]:
+def values(folders: list[Path], run: str, sampled: str = "sampled") -> dict[str, list[float | None]]:
     """{figure: [value per folder]} of one run (None where a folder lacks the run or the figure)."""
     out: dict[str, list[float | None]] = {}
     for folder in folders:
         m = read(folder, run) or {}
         for name, get in FIGURES:
             out.setdefault(name, []).append(get(m) if m else None)
-        s = read(folder, run, "sampled/metrics.json") or {}
+        s = read(folder, run, f"{sampled}/metrics.json") or {}
         for name, model in SAMPLED:
             out.setdefault(name, []).append(figure(s, model, "on_demand", "over_search_rate")[0] if s else None)
     if not any(v is not None for v in out.get("Sampled over-search", [])):
@@ -110,16 +110,16 @@ def checks(base: dict, free: dict | None, i: int) -> list[str]:
     return [cut, gap, f"{greedy} / {sampled}"]
 
 
-def report(folders: list[Path], labels: list[str], runs: list[str]) -> str:
+def report(folders: list[Path], labels: list[str], runs: list[str], sampled: str = "sampled") -> str:
     head = "| Run | Figure (%) | " + " | ".join(labels) + " | mean | range (pts) |"
     rows = [head, "|---|---|" + "---:|" * (len(labels) + 2)]
-    per_run = {r: values(folders, r) for r in runs}
+    per_run = {r: values(folders, r, sampled) for r in runs}
     for r, figs in per_run.items():
         for name, vs in figs.items():
             if not name.startswith("_"):
                 cells = [cell(v) for v in vs] + list(spread(vs))
                 rows.append(f"| {r} | {name} | " + " | ".join(cells) + " |")
-        paired = [paired_over_search(f / r / "sampled" / "rollouts.parquet") for f in folders]
+        paired = [paired_over_search(f / r / sampled / "rollouts.parquet") for f in folders]
         if any(paired):
             got = [p["diff"] for p in paired if p]
             cells = [f"{p['diff'] * 100:+.1f} [{p['lo'] * 100:+.0f}, {p['hi'] * 100:+.0f}]" if p else "–" for p in paired]
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", default="",
                     help="comma-separated column names, one per folder (default: the folder names)")
     ap.add_argument("--runs", default="baseline,no_penalty", help="comma-separated runs (default baseline,no_penalty)")
+    ap.add_argument("--sampled", default="sampled",
+                    help="the folder of each run holding the sampled evaluation (default sampled: `--sampled K`'s)")
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     labels = [x for x in args.labels.split(",") if x] or [f.name for f in args.folders]
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(read(f, r) for f in args.folders for r in runs):
         print(f"no folder holds <run>/metrics.json for the runs {runs}: check the folders")
         return 2
-    text = report(args.folders, labels, runs)
+    text = report(args.folders, labels, runs, args.sampled)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -53,6 +53,8 @@ def test_figures_per_seed_with_mean_range_and_the_acceptance(tmp_path, capsys):
     assert "| SR >= 30% below RAG, Acc within 3 points | yes | no |" in text
     assert "| no_penalty SR >= 15 points above | yes | no |" in text
     assert "| over-search below the labeler's: greedy / sampled | no / yes | equal / – |" in text
+    assert cs.main([str(tmp_path / "s0"), "--sampled", "sampled8"]) == 0  # another sampled folder: none here
+    assert "Sampled" not in capsys.readouterr().out
 
 
 def test_sampled_over_search_is_paired_by_item(tmp_path):
