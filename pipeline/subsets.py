@@ -1,7 +1,9 @@
-"""Seeded, label-stratified subsets of items: the one choice of "at most N items" shared by the evaluation
-(`evaluate.max_items`) and training (`train.max_items`), so a budget keeps the split's label mix.
+"""Seeded, stratified subsets of items: the one choice of "at most N items" shared by the evaluation
+(`evaluate.max_items`, strata: the label) and training (`train.max_items`, strata: `train.subset_strata`, label x
+category by default), so a budget keeps the split's mix.
 
-Reads and writes nothing: items are dicts with an `id`; labels map id -> label (None = unlabelled).
+Reads and writes nothing: items are dicts with an `id`; labels map id -> stratum (a label, or a key made of several
+columns' values; None = unlabelled).
 """
 from __future__ import annotations
 

@@ -347,3 +347,28 @@ def test_max_items_keeps_the_label_mix_of_a_grouped_split(tmp_path):
     assert [r["id"] for r in read_rows(path, 10, seed=0)] == [r["id"] for r in picked]
     assert {r["id"] for r in read_rows(path, 10, seed=1)} != {r["id"] for r in picked}
     assert [r["id"] for r in read_rows(path)] == [f"i{n:02d}" for n in range(20)]
+
+
+def test_max_items_keeps_the_label_and_category_mix_and_names_a_missing_column(tmp_path):
+    """subset_strata [label, category]: every seed trains on the same mix of question kinds (by label alone, one seed
+    drew 6 known-capital items of 20 search-free ones and another 10). A strata column the file lacks is named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.grpo import read_rows
+
+    kinds = [("search_free", "capital")] * 10 + [("search_free", "region")] * 10 + [("text", "currency")] * 20
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"id": [f"i{n:02d}" for n in range(40)], "question": ["q"] * 40, "answer": ["a"] * 40,
+                             "label": [k[0] for k in kinds], "category": [k[1] for k in kinds]}), path)
+    mixes = set()
+    for seed in range(6):
+        picked = read_rows(path, 20, seed=seed, strata=["label", "category"])
+        mixes.add(tuple(sorted((r["label"], r["category"], sum(q["category"] == r["category"] for q in picked))
+                               for r in picked)))
+    assert len(mixes) == 1 and {m[1:] for m in mixes.pop()} == {("capital", 5), ("region", 5), ("currency", 10)}
+    by_label = [sum(r["category"] == "capital" for r in read_rows(path, 20, seed=s, strata=["label"])) for s in range(6)]
+    assert len(set(by_label)) > 1  # what the category stratum removes: the capital share drifts with the seed
+    with pytest.raises(ValueError, match=r"subset_strata.*\['topic'\]"):
+        read_rows(path, 20, seed=0, strata=["label", "topic"])
+    assert len(read_rows(path, 20, seed=0, strata=[])) == 20

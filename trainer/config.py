@@ -86,7 +86,13 @@ class TrainParams(RolloutParams, RewardParams):
         "training items when data is unbalanced (the balance stage writes it next to train.parquet)",
     )
     eval_file: str = param("", "evaluation items ('' = no evaluation during training)")
-    max_items: int = param(0, "use at most this many training items: a seeded subset with the file's label mix (0 = all)")
+    max_items: int = param(0, "use at most this many training items: a seeded subset with the file's mix of subset_strata (0 = all)")
+    subset_strata: list[str] = param(
+        ["label", "category"],
+        "columns whose value combinations the max_items subset keeps in the file's proportions (label x category: every "
+        "seed trains on the same mix of question kinds; [label] alone left one seed 6 known capitals of 20 search-free "
+        "items against 10 at others, bench/RESULTS.md); [] = a plain seeded subset",
+    )
     max_prompt_length: int = param(1024, "items whose rendered prompt is longer (tokens) are excluded with a reason")
     # --- output ---
     output_dir: str = param("data/train", "checkpoints under <output_dir>/checkpoints, final model in <output_dir>/model")

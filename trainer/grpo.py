@@ -87,9 +87,9 @@ def load_policy(path: str, is_vlm: bool, bf16: bool, train_layers: int = 0) -> A
 
 
 # ---------------------------------------- data -----------------------------------------------------------------
-def read_rows(path: str | os.PathLike, max_items: int = 0, seed: int = 0) -> list[dict]:
+def read_rows(path: str | os.PathLike, max_items: int = 0, seed: int = 0, strata: tuple[str, ...] | list[str] = ("label",)) -> list[dict]:
     """Item rows of a split (images as their encoded bytes): all in file order, or a seeded subset of `max_items` with
-    the file's label mix (a split is in item order, grouped by kind: its head held 14 search_free items of 16)."""
+    the file's mix of `strata` columns' value combinations (a split is grouped by kind: its head was 14 of 16 free)."""
     import pyarrow.parquet as pq
     from pipeline.subsets import stratified_subset
 
@@ -100,7 +100,13 @@ def read_rows(path: str | os.PathLike, max_items: int = 0, seed: int = 0) -> lis
         if col not in table.column_names:
             raise ValueError(f"{path}: column {col!r} missing; expected item columns (pipeline/schema.py ITEM_FEATURES)")
     rows = table.to_pylist()
-    return stratified_subset(rows, {r["id"]: r.get("label") for r in rows}, max_items, seed) if max_items > 0 else rows
+    if max_items <= 0:
+        return rows
+    missing = [c for c in strata if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: train.subset_strata names {missing} but the file has no such column; set "
+                         f"train.subset_strata to columns it has ({', '.join(table.column_names)}) or [] for none")
+    return stratified_subset(rows, {r["id"]: "\x1f".join(str(r[c]) for c in strata) for r in rows}, max_items, seed)
 
 
 def _blocks(content: Any) -> list[dict]:
@@ -203,7 +209,7 @@ def run_fingerprint(params: TrainParams, model_path: str, train_file: str | os.P
     is resumed only by a run with the same fingerprint (a re-bootstrapped model or re-balanced split starts over)."""
     from pipeline.runs import fingerprint, path_digest
 
-    return fingerprint(params.fingerprint(), path_digest(model_path), path_digest(train_file), "max_items: stratified")
+    return fingerprint(params.fingerprint(), path_digest(model_path), path_digest(train_file), "max_items: stratified by subset_strata")
 
 
 def resume_checkpoint(params: TrainParams, is_main: bool = True, fingerprint: str | None = None) -> str | None:
@@ -271,7 +277,7 @@ def build_trainer(params: TrainParams, search_params: Any, root: str | os.PathLi
     env_cls = environment_class(protocol, tools, params.condition, with_images=is_vlm)
 
     train_path = root / params.data_file  # an absolute path stays absolute
-    rows = read_rows(train_path, params.max_items, params.seed)
+    rows = read_rows(train_path, params.max_items, params.seed, params.subset_strata)
     train_ds, excluded = build_dataset(rows, protocol, processor, params.condition, show_image, params.max_prompt_length)
     if len(train_ds) == 0:
         raise ValueError(f"no training items left from {params.data_file} ({len(excluded)} excluded); see exclusions")
